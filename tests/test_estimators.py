@@ -146,3 +146,19 @@ def test_raft_runs_with_an_injected_model_and_errors_clearly_without_weights(tmp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(EstimatorError, match="estimators.flow=dis"):
         Estimators(flow="raft").flow(task)
+
+
+def test_auto_flow_names_the_estimator_that_runs(tmp_path, monkeypatch):
+    from torchvision.models.optical_flow import raft_small
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: RAFT weights cannot load
+    plain, with_gt = translated_task(), task_of(translated_task().video.frames,
+                                                 side={"flow_fwd": torch.zeros(2, 2, 64, 80),
+                                                       "flow_bwd": torch.zeros(2, 2, 64, 80)})
+    auto = Estimators(flow="auto")
+    assert auto.flow_method_for(with_gt) == "gt"
+    assert auto.flow_method_for(plain) == "dis"
+    torch.manual_seed(0)
+    injected = Estimators(flow="auto", flow_model=raft_small(weights=None).eval())
+    assert injected.flow_method_for(plain) == "raft"
+    assert Estimators(flow="dis").flow_method_for(with_gt) == "dis"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from vedit.backbones import build_backbone
-from vedit.editors.base import EditorError
+from vedit.errors import EditorError
 from vedit.editors.pix2video import Pix2VideoEditor
 from vedit.ops.attention import InjectedKVAttnProcessor, attention_processors, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance

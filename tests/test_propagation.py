@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vedit.editors.base import EditorError
+from vedit.errors import EditorError
 from vedit.ops.propagation import _chains, propagate_keyframes
 from vedit.ops.warp import occlusion_masks
 from vedit.video import frames_to_uint8, read_video

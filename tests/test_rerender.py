@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vedit.backbones import build_backbone
-from vedit.editors.base import EditorError
+from vedit.errors import EditorError
 from vedit.editors.rerender import (KeyFrameAttention, RerenderEditor, adain, chained_flow, inpainting_rescale,
                                     key_frame_indices, match_colour, pixel_reference, soften_occlusion,
                                     start_step, step_range, wavefront_plan)

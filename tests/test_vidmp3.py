@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from vedit.backbones import build_backbone
-from vedit.editors.base import EditorError
+from vedit.errors import EditorError
 from vedit.editors.vidmp3 import (GUIDE_CHANNELS, GuideState, MotionGuideAttnProcessor, VidMP3Editor,
                                   correspondence_colours, guide_input, sparse_causal_kv,
                                   temporal_attention_layers, trainable_parameters)

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vedit.backbones import BackboneUnavailable, build_backbone
-from vedit.editors.base import EditorError
+from vedit.errors import EditorError
 from vedit.metrics.cost import COST_CONVENTIONS, cost_fields
 from vedit.provenance import device_name, git_commit, package_versions, resolve_device
 from vedit.registry import EDITORS, METRICS

@@ -9,15 +9,12 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
+from vedit.errors import EditorError
 from vedit.task import EditResult, EditTask
 
 if TYPE_CHECKING:
     from vedit.backbones import Backbone
     from vedit.estimators import Estimators
-
-
-class EditorError(ValueError):
-    """Bad input to an editor: the message names the input and what to do."""
 
 
 class PhaseTimer:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.estimators import EstimatorError
+from vedit.errors import EstimatorError
 from vedit.ops.attention import InjectedKVAttnProcessor, attend, attention_processors, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.registry import EDITORS

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vedit.editors.base import EditorError
+from vedit.errors import EditorError
 from vedit.ops.blend import blend_pair, error_aware_weight
 from vedit.ops.patchmatch import Guide, guided_synthesis
 from vedit.ops.warp import backward_warp, pixel_grid

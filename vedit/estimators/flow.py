@@ -1,0 +1,68 @@
+"""Optical flow between consecutive frames: OpenCV DIS (offline default) and torchvision RAFT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vedit.errors import EstimatorError
+from vedit.video import frames_to_uint8
+
+FLOW_KEYS = ("flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd")
+FLOW_METHODS = ("auto", "raft", "dis", "gt")
+RAFT_WEIGHTS = {"raft_large": "Raft_Large_Weights", "raft_small": "Raft_Small_Weights"}
+
+
+def dis_flow(frames: torch.Tensor,
+             preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV DIS optical flow between consecutive frames -> (flow_fwd, flow_bwd), (T-1, 2, H, W)."""
+    gray = [cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) for img in frames_to_uint8(frames)]
+    dis = cv2.DISOpticalFlow_create(preset)
+    fwd = [dis.calc(a, b, None) for a, b in zip(gray[:-1], gray[1:])]
+    bwd = [dis.calc(b, a, None) for a, b in zip(gray[:-1], gray[1:])]
+
+    def stack(flows: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).float()
+
+    return stack(fwd), stack(bwd)
+
+
+def load_raft(name: str = "raft_large", device: str | torch.device = "cpu") -> torch.nn.Module:
+    """torchvision RAFT with its weights from the torch hub cache; never downloads."""
+    from torchvision.models import optical_flow
+
+    if name not in RAFT_WEIGHTS:
+        raise EstimatorError(f"unknown RAFT model {name!r}; choose one of {', '.join(RAFT_WEIGHTS)}")
+    weights = getattr(optical_flow, RAFT_WEIGHTS[name]).DEFAULT
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not file.exists():
+        raise EstimatorError(
+            f"RAFT weights for {name} are not in the torch hub cache ({file}). Download {weights.url} "
+            f"there (or set TORCH_HOME), or use the offline flow estimator: estimators.flow=dis")
+    model = getattr(optical_flow, name)(weights=weights)
+    return model.eval().to(device)
+
+
+@torch.no_grad()
+def raft_flow(frames: torch.Tensor, model: torch.nn.Module, iters: int = 12,
+              batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """RAFT flow between consecutive frames -> (flow_fwd, flow_bwd).
+
+    Inputs are replicate-padded to a multiple of 8 and at least 128 (RAFT's correlation pyramid).
+    """
+    device = next(model.parameters()).device
+    h, w = frames.shape[-2:]
+    pad = (0, max(128, w + (-w) % 8) - w, 0, max(128, h + (-h) % 8) - h)
+    images = F.pad(frames * 2 - 1, pad, mode="replicate")
+    first, second = torch.cat([images[:-1], images[1:]]), torch.cat([images[1:], images[:-1]])
+    flows = []
+    for i in range(0, len(first), batch_size):
+        a, b = first[i:i + batch_size].to(device), second[i:i + batch_size].to(device)
+        flows.append(model(a, b, num_flow_updates=iters)[-1].float().cpu())
+    flow = torch.cat(flows)[..., :h, :w]
+    n = frames.shape[0] - 1
+    return flow[:n].contiguous(), flow[n:].contiguous()
