@@ -109,9 +109,11 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
                               f"(prompt {task.target_prompt!r}); try float32 (backbone.dtype=float32)")
         values: dict[str, float] = {}
         info: dict[str, dict] = {}
+        metric_start = time.perf_counter()
         for metric in metrics:
             values.update(metric(frames, task))
             info[metric.name] = {"higher_is_better": metric.higher_is_better, "convention": metric.convention}
+        record["metric_seconds"] = time.perf_counter() - metric_start
         fps = task.video.fps or 10.0
         write_video(work / "edited.mp4", frames, fps=fps)
         write_video(work / "side_by_side.mp4", side_by_side(task.video.frames, frames), fps=fps)
@@ -163,7 +165,9 @@ def run(cfg: DictConfig) -> RunSummary:
 
     estimators = Estimators(**OmegaConf.to_container(cfg.estimators, resolve=True),
                             cache_dir=cfg.cache_dir, device=str(device))
+    load_start = time.perf_counter()
     backbone = build_method_backbone(cfg, device)
+    load_seconds = time.perf_counter() - load_start
     # methods without a backbone (identity) are keyed and labelled with the configured kind
     backbone_part = {k: v for k, v in backbone.describe().items() if k != "device"} if backbone else \
         {"kind": cfg.backbone.kind}
@@ -177,6 +181,7 @@ def run(cfg: DictConfig) -> RunSummary:
     common = {
         "method": method.name, "backbone_kind": backbone_part["kind"], "config": resolved,
         "git_commit": git_commit(), "versions": package_versions(), "device": device_name(device),
+        "backbone_load_seconds": load_seconds,  # once per process, not part of the cell's cost
     }
     trackers = [instantiate(t) for t in (cfg.tracker.get("trackers") or [])]
     summary = RunSummary()
@@ -201,6 +206,7 @@ def run(cfg: DictConfig) -> RunSummary:
                 rec = finished(cell.key)  # finished by another process since the first look
                 if rec is None:
                     start = time.perf_counter()
+                    common["cell_index_in_process"] = summary.computed  # 0: paid the process's first-call set-up
                     rec = run_cell(cell, editor, metrics, store, common, bool(cfg.save_frames))
                     summary.computed += 1
                     summary.failed += rec.get("status") != "ok"

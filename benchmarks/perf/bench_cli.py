@@ -1,0 +1,132 @@
+"""What users get: `python -m vedit.run` in a fresh process, first cell and steady state, per method.
+
+    python benchmarks/perf/bench_cli.py --source <folder of jpg frames> --methods pix2video rerender \
+        --frames 16 50 128 --out cli.json [--override backbone.dtype=bfloat16 ...]
+
+For each method and frame count, one fresh process runs two cells on two different videos of that
+length (so the second cell reuses nothing of the first but the process: no inversion cache hit):
+cell 0 pays every first-call set-up of the process (kernel selection, allocator growth, lazy
+initialisation), cell 1 is the steady state. Videos are the source frames played forward and back
+to the length asked (the second video starts half-way). Everything is read back from the records
+the run wrote: the editor's own phase timings, peak GPU memory, metric seconds and the backbone's
+load time (reported apart; model loading is not part of a cell's cost). The process's wall time is
+measured around the subprocess.
+
+Defaults: `backbone=random` (full-size architectures, random weights), default metrics with a
+randomly initialised ViT-L/14 CLIP (no weights offline; same compute) and the run's default
+estimators. Extra Hydra overrides apply to every run (`--override method.params.key_interval=5`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE_PROMPT = "a black swan with a red beak swimming in a river near a wall and bushes"
+TARGET_PROMPT = "a white duck with a yellow beak swimming in a river near a wall and bushes"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def ping_pong(frames: list[Path], length: int, offset: int = 0) -> list[Path]:
+    """`length` frames walking forward and back over `frames`, starting at `offset`."""
+    cycle = frames + frames[-2:0:-1] if len(frames) > 1 else frames
+    return [cycle[(offset + i) % len(cycle)] for i in range(length)]
+
+
+def make_dataset(source: Path, length: int, root: Path) -> Path:
+    """Two frame-folder videos of `length` frames and their prompts file (the folder dataset layout)."""
+    frames = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not frames:
+        raise SystemExit(f"--source {source} holds no {IMAGE_SUFFIXES} frames")
+    videos = {}
+    for name, offset in (("a_first", 0), ("b_second", len(frames) // 2)):
+        folder = root / f"{name}_{length}"
+        folder.mkdir(parents=True)
+        for i, src in enumerate(ping_pong(frames, length, offset)):
+            shutil.copyfile(src, folder / f"{i:05d}{src.suffix.lower()}")
+        videos[folder.name] = {"source_prompt": SOURCE_PROMPT, "edit_prompts": [TARGET_PROMPT]}
+    (root / "prompts.yaml").write_text(json.dumps({"videos": videos}, indent=1))  # JSON is YAML
+    return root
+
+
+def run_method(method: str, data_root: Path, work: Path, overrides: list[str], timeout: float) -> dict:
+    store, cache = work / "store", work / "cache"
+    cmd = [sys.executable, "-m", "vedit.run", f"method={method}", "data=folder", f"data.root={data_root}",
+           "data.prompts=prompts.yaml", f"store_dir={store}", f"cache_dir={cache}",
+           f"hydra.run.dir={work / 'hydra'}", *overrides]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - start
+    records = [json.loads(p.read_text()) for p in sorted(store.glob("cells/*/record.json"))]
+    records.sort(key=lambda r: r.get("cell_index_in_process", 0))
+    cells = []
+    for rec in records:
+        cost = rec.get("cost", {})
+        cells.append({
+            "video": rec.get("video"), "status": rec.get("status"), "error": rec.get("error"),
+            "cell_index_in_process": rec.get("cell_index_in_process"), "frames": rec.get("num_frames"),
+            "timings": rec.get("timings"), "seconds_per_frame": cost.get("seconds_per_frame"),
+            "seconds_total": cost.get("seconds_total"), "peak_gpu_memory_gb": cost.get("peak_gpu_memory_gb"),
+            "metric_seconds": rec.get("metric_seconds"), "device": cost.get("device"),
+            "editor_info": rec.get("editor_info"),
+        })
+    load = records[0].get("backbone_load_seconds") if records else None
+    return {"method": method, "command": " ".join(cmd), "returncode": proc.returncode, "process_wall_s": wall,
+            "backbone_load_seconds": load, "cells": cells, "stderr_tail": proc.stderr[-3000:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", type=Path, required=True, help="folder of jpg/png frames (e.g. DAVIS blackswan)")
+    ap.add_argument("--methods", nargs="+", default=["pix2video", "rerender", "vidmp3"])
+    ap.add_argument("--frames", nargs="+", type=int, default=[50])
+    ap.add_argument("--override", nargs="*", default=["backbone=random", "metrics.clip.pretrained=null"],
+                    help="Hydra overrides for every run (default: random backbone, random-weight ViT-L/14 CLIP; "
+                         "CPU smoke test: backbone=tiny metrics=tiny)")
+    ap.add_argument("--method-override", action="append", default=[],
+                    help="METHOD:override, e.g. vidmp3:+protocol=vidmp3_clip (repeatable)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the stores here (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    per_method: dict[str, list[str]] = {}
+    for item in args.method_override:
+        name, _, override = item.partition(":")
+        per_method.setdefault(name, []).append(override)
+    base = args.keep or Path(tempfile.mkdtemp(prefix="vedit-cli-"))
+    results = []
+    for length in args.frames:
+        data_root = make_dataset(args.source, length, base / f"data_{length}")
+        for method in args.methods:
+            work = base / f"{method}_{length}"
+            try:
+                res = run_method(method, data_root, work, args.override + per_method.get(method, []), args.timeout)
+            except subprocess.TimeoutExpired:
+                res = {"method": method, "returncode": "timeout", "cells": []}
+            res["frames_requested"] = length
+            results.append(res)
+            print(f"\n=== {method}, {length} frames: exit {res['returncode']}, process "
+                  f"{res.get('process_wall_s', float('nan')):.1f} s, backbone load {res.get('backbone_load_seconds')}")
+            for cell in res["cells"]:
+                timings = {k: round(v, 2) for k, v in (cell["timings"] or {}).items()}
+                spf, mem = cell["seconds_per_frame"], cell["peak_gpu_memory_gb"]
+                print(f"  cell {cell['cell_index_in_process']} ({cell['video']}, {cell['frames']} frames): "
+                      f"{cell['status']} {cell.get('error') or ''} s/frame {spf and round(spf, 3)} "
+                      f"phases {timings} metrics {cell['metric_seconds'] and round(cell['metric_seconds'], 1)} s "
+                      f"peak {mem and round(mem, 1)} GB")
+            if res["returncode"] not in (0,) and not res["cells"]:
+                print(res.get("stderr_tail", "")[-1500:])
+            if args.out:
+                args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
