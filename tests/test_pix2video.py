@@ -139,6 +139,9 @@ def test_wavefront_equals_sequential(bb64, injection, guidance):
     assert wave.num_unet_calls(5) == 5 + STEPS - 1 and seq.num_unet_calls(5) == 5 * STEPS
     chunked = editor(bb64, injection=injection, guidance_scale=guidance, sampling_batch_size=2)
     assert (sample_latents(chunked, task) - ls).abs().max() <= 1e-6 * ls.abs().max()
+    for multiple in (None, 3):  # unpadded calls, and padding to a size that is not a power of two
+        other = editor(bb64, injection=injection, guidance_scale=guidance, batch_multiple=multiple)
+        assert (sample_latents(other, task) - ls).abs().max() <= 1e-6 * ls.abs().max()
 
 
 def test_latent_update_lowers_consecutive_x0_distance(bb64):

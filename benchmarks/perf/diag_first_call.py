@@ -40,9 +40,19 @@ def main() -> None:
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batches", nargs="+", type=int, default=[2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64, 100])
+    ap.add_argument("--no-cudnn-sdp", action="store_true", help="disable cuDNN's scaled-dot-product attention")
+    ap.add_argument("--no-cudnn-conv", action="store_true", help="disable cuDNN (convolutions fall back)")
+    ap.add_argument("--profile-batch", type=int, default=None, help="print a profile of this batch's first call")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.no_cudnn_sdp:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if args.no_cudnn_conv:
+        torch.backends.cudnn.enabled = False
+    print("cudnn sdp", torch.backends.cuda.cudnn_sdp_enabled(), "flash", torch.backends.cuda.flash_sdp_enabled(),
+          "mem-efficient", torch.backends.cuda.mem_efficient_sdp_enabled(), "cudnn", torch.backends.cudnn.enabled,
+          "benchmark", torch.backends.cudnn.benchmark, flush=True)
     bb = build_backbone(kind=args.backbone, family=args.family, device=device, dtype=args.dtype, seed=0)
     unet, side = bb.unet, args.size // bb.vae_scale
     emb = bb.encode_prompt([""])
@@ -64,7 +74,14 @@ def main() -> None:
             else:
                 def call():
                     unet(x, t, encoder_hidden_states=e, **cond)
-            first = timed(call, device)
+            if batch == args.profile_batch:
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    first = timed(call, device)
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+            else:
+                first = timed(call, device)
             repeat = statistics.median(timed(call, device) for _ in range(3))
             rows.append({"batch": batch, "first_s": first, "repeat_s": repeat, "overhead_s": first - repeat})
             print(f"batch {batch:4d}: first {first:.3f} s, repeat {repeat:.3f} s, set-up {first - repeat:.3f} s",

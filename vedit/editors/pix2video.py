@@ -116,7 +116,7 @@ class Pix2VideoEditor(Editor):
                  latent_update: bool = True, update_step: float = 100.0,
                  update_window: Sequence[float] = (0.0, 0.5), schedule: str = "wavefront",
                  inversion_batch_size: int = 8, sampling_batch_size: int | None = None,
-                 latent_cache: MutableMapping | None = None) -> None:
+                 batch_multiple: int | None = 8, latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         if injection not in INJECTIONS:
             raise ValueError(f"pix2video: injection={injection!r}; choose one of {INJECTIONS}")
@@ -126,8 +126,10 @@ class Pix2VideoEditor(Editor):
         if len(window) != 2 or not 0.0 <= window[0] <= window[1] <= 1.0:
             raise ValueError(f"pix2video: update_window={list(update_window)} must be [start, end] "
                              "fractions of the steps with 0 <= start <= end <= 1")
-        if steps < 1 or inversion_batch_size < 1 or (sampling_batch_size is not None and sampling_batch_size < 1):
-            raise ValueError("pix2video: steps, inversion_batch_size and sampling_batch_size must be >= 1")
+        if steps < 1 or inversion_batch_size < 1 or any(v is not None and v < 1 for v in
+                                                         (sampling_batch_size, batch_multiple)):
+            raise ValueError("pix2video: steps, inversion_batch_size, sampling_batch_size and batch_multiple "
+                             "must be >= 1")
         self.steps = int(steps)
         self.guidance_scale = float(guidance_scale)
         self.injection = injection
@@ -138,6 +140,7 @@ class Pix2VideoEditor(Editor):
         self.schedule = schedule
         self.inversion_batch_size = int(inversion_batch_size)
         self.sampling_batch_size = sampling_batch_size
+        self.batch_multiple = batch_multiple
         self.latent_cache = latent_cache
         self.layer_names = self_attention_layers(backbone.unet, self.layers)
         self._latent_dtype = torch.float64 if backbone.dtype == torch.float64 else torch.float32
@@ -266,16 +269,26 @@ class Pix2VideoEditor(Editor):
         )
 
     def _denoise(self, run: _Run, items: list[Item]) -> None:
-        """One batched UNet call: every item (frame f, step s) takes one DDIM step, in place in run.x."""
-        frame_idx, step_idx = _to_device(torch.tensor(items, dtype=torch.long).T.contiguous(), self.device)
+        """One batched UNet call: every item (frame f, step s) takes one DDIM step, in place in run.x.
+
+        With `batch_multiple`, the call is padded with copies of its last item to a multiple of that
+        many items: each new batch size costs a fresh process ~0.4 s of kernel set-up on an H200
+        (cuDNN attention and convolution plans), and the wavefront's sizes otherwise all differ.
+        The copies compute the same rows again and are dropped.
+        """
+        n = len(items)
+        padded = items + [items[-1]] * (-n % self.batch_multiple if self.batch_multiple else 0)
+        frame_idx, step_idx = _to_device(torch.tensor(padded, dtype=torch.long).T.contiguous(), self.device)
         branches = run.embeds.shape[0]
-        x_t = run.x[frame_idx]
-        run.bank.items = items
-        eps = self._eps(x_t.repeat(branches, 1, 1, 1), run.depth[frame_idx].repeat(branches, 1, 1, 1),
+        x_all = run.x[frame_idx]
+        run.bank.items = padded
+        eps = self._eps(x_all.repeat(branches, 1, 1, 1), run.depth[frame_idx].repeat(branches, 1, 1, 1),
                         run.timesteps[step_idx].repeat(branches),
-                        run.embeds.repeat_interleave(len(items), dim=0))
+                        run.embeds.repeat_interleave(len(padded), dim=0))
         if branches == 2:
             eps = classifier_free_guidance(eps, self.guidance_scale)
+        run.bank.items = items
+        frame_idx, step_idx, x_t, eps = frame_idx[:n], step_idx[:n], x_all[:n], eps[:n]
         x0 = DDIM.predict_x0(x_t, eps, run.alpha_t[step_idx])
         x_prev = DDIM.from_x0(x0, eps, run.alpha_prev[step_idx])
         if self.latent_update:
