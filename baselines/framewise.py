@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from vedit.editors import params as P
 from vedit.editors.base import Editor, PhaseTimer
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.depth import normalize_depth
@@ -20,6 +21,11 @@ from vedit.task import EditResult, EditTask
 @EDITORS.register("framewise")
 class FramewiseEditor(Editor):
     name = "framewise"
+    PARAMS = {  # checked before any model is built
+        "steps": P.integer(1), "guidance_scale": P.number(), "strength": P.number(0, 1, low_open=True),
+        "control_scale": P.number(0), "canny_low": P.number(0), "canny_high": P.number(0),
+        "batch_size": P.integer(1),
+    }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  strength: float = 0.75, control_scale: float = 1.0, canny_low: int = 50, canny_high: int = 100,
