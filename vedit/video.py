@@ -140,6 +140,7 @@ def read_video(path: str | Path, video_id: str | None = None, max_frames: int | 
     if not path.exists():
         raise VideoError(f"video {vid!r}: {path} does not exist")
     meta: dict = {"path": str(path)}
+    errors: list[str] = []
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -148,7 +149,7 @@ def read_video(path: str | Path, video_id: str | None = None, max_frames: int | 
         fps, expected, decoded = Fraction(0), len(files), _image_frames(files, vid)
     else:
         container, fps, expected = _open(path, vid)
-        decoded = _decoded_frames(container, path, vid, max_frames)
+        decoded = _decoded_frames(container, path, vid, max_frames, errors)
     counter = _Counter(decoded)
     if transform is not None:
         pixels, geometry = transform.stream(counter, vid, expected=expected if not max_frames
@@ -164,9 +165,10 @@ def read_video(path: str | Path, video_id: str | None = None, max_frames: int | 
     if expected:
         meta["header_frames"] = expected
         wanted = min(expected, max_frames) if max_frames else expected
-        if counter.count < wanted:
-            message = (f"video {vid!r}: {path} decoded to {counter.count} frames but its header says {expected}; "
-                       "the file is probably truncated (the decoded frames are used)")
+        if counter.count < wanted or errors:
+            message = (f"video {vid!r}: {path} decoded to {counter.count} frames but its header says {expected}"
+                       + (f" ({errors[0]})" if errors else "")
+                       + "; the file is probably truncated (the decoded frames are used)")
             log.warning(message)
             meta.setdefault("warnings", []).append(message)
     return Video(pixels, fps=float(fps), id=vid, meta=meta)
@@ -193,10 +195,12 @@ def _open(path: Path, vid: str):
     return container, Fraction(stream.average_rate or 0), int(stream.frames or 0)
 
 
-def _decoded_frames(container, path: Path, vid: str, max_frames: int | None) -> Iterator[np.ndarray]:
+def _decoded_frames(container, path: Path, vid: str, max_frames: int | None, errors: list[str]) -> Iterator[np.ndarray]:
+    """Frames as (H, W, 3) uint8; a decoding error after some frames (a truncated file) ends the
+    stream and is noted in `errors`, one before any frame is a VideoError."""
+    n = 0
     try:
         with container:
-            n = 0
             for frame in container.decode(container.streams.video[0]):
                 yield frame.to_ndarray(format="rgb24")
                 n += 1
@@ -205,7 +209,9 @@ def _decoded_frames(container, path: Path, vid: str, max_frames: int | None) -> 
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001 - PyAV raises many types for broken files
-        raise VideoError(f"video {vid!r}: cannot decode {path}: {e}. Check the file plays, or re-encode it.") from e
+        if n == 0:
+            raise VideoError(f"video {vid!r}: cannot decode {path}: {e}. Check the file plays, or re-encode it.") from e
+        errors.append(f"decoding stopped after frame {n}: {type(e).__name__}: {e}")
 
 
 class _Counter:
