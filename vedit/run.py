@@ -194,12 +194,23 @@ def check_config(cfg: DictConfig) -> type:
     return editor_cls
 
 
+def _note_resolution(method: DictConfig, dataset) -> None:
+    """Say so when the data transform differs from the resolution the method's released code uses."""
+    wanted, transform = method.get("resolution"), getattr(dataset, "transform", None)
+    if not wanted or transform is None:
+        return
+    if transform.crop != wanted.crop or list(transform.size or []) != list(wanted.size):
+        log.info("%s's released code runs at crop=%s size=%s; this run uses data.transform.crop=%s size=%s",
+                 method.name, wanted.crop, list(wanted.size), transform.crop, transform.size)
+
+
 def run(cfg: DictConfig) -> RunSummary:
     method = cfg.method
     editor_cls = check_config(cfg)
     device = resolve_device(cfg.device)
     store = open_store(cfg.store_dir)
     dataset = instantiate(cfg.data)
+    _note_resolution(method, dataset)
     from vedit.estimators import Estimators, KeyedDiskCache
 
     estimators = Estimators(**OmegaConf.to_container(cfg.estimators, resolve=True),

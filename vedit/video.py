@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -40,6 +41,7 @@ class Video:
 
     def __init__(self, frames: torch.Tensor, fps: float, id: str, meta: dict | None = None) -> None:
         self.pixels, self.fps, self.id = frames, fps, id
+        self._float: weakref.ref | None = None
         self.meta = dict(meta or {})
         f = frames
         if f.ndim != 4 or f.shape[1] != 3:
@@ -54,8 +56,15 @@ class Video:
 
     @property
     def frames(self) -> torch.Tensor:
-        """(T, 3, H, W) float32 in [0, 1]."""
-        return to_float(self.pixels)
+        """(T, 3, H, W) float32 in [0, 1]. Converted on first use and shared while anyone holds it
+        (a weak reference), so callers that each ask for it do not each get a copy; treat it as read-only."""
+        if not self.pixels.is_floating_point():
+            cached = self._float() if self._float is not None else None
+            if cached is None:
+                cached = to_float(self.pixels)
+                self._float = weakref.ref(cached)
+            return cached
+        return self.pixels.float()
 
     def chunks(self, size: int = CHUNK) -> Iterator[torch.Tensor]:
         """Float32 [0, 1] frames, `size` at a time."""

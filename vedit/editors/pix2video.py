@@ -200,7 +200,7 @@ class Pix2VideoEditor(Editor):
         if self.latent_cache is not None and key in self.latent_cache:
             return self.latent_cache[key].to(self.device, self._latent_dtype), True
         latents = torch.cat([self.backbone.encode_images(chunk)
-                             for chunk in task.video.frames.split(self.inversion_batch_size)])
+                             for chunk in task.video.chunks(self.inversion_batch_size)])
         noise = self.invert(latents.to(self._latent_dtype), depth, source_embeds)
         if self.latent_cache is not None:
             self.latent_cache[key] = noise.cpu()
