@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # otherwise from PyPI.
 PIP_INSTALL := $(PY) -m pip install --quiet
 
-.PHONY: demo test install install-test leaderboard clean
+.PHONY: demo test install install-test leaderboard notebook clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ test: install-test
 
 leaderboard:
 	$(PY) -m vedit.leaderboard outputs/demo --out outputs/leaderboard
+
+# The leaderboard notebook needs the `notebook` extra (nbclient, ipykernel), which `make demo` does not
+# install; this executes it on the demo's store (VEDIT_STORE=path overrides) into outputs/leaderboard.ipynb.
+notebook: install
+	$(PIP_INSTALL) -e ".[notebook]"
+	mkdir -p outputs
+	VEDIT_STORE=$${VEDIT_STORE:-outputs/demo} $(PY) -c "import nbclient, nbformat; \
+	nb = nbformat.read('notebooks/leaderboard.ipynb', as_version=4); \
+	nbclient.NotebookClient(nb, timeout=600, kernel_name='python3').execute(); \
+	nbformat.write(nb, 'outputs/leaderboard.ipynb'); print('wrote outputs/leaderboard.ipynb')"
 
 clean:
 	rm -rf outputs multirun

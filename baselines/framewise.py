@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import torch
 
+from vedit.editors import params as P
 from vedit.editors.base import Editor, PhaseTimer
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.depth import normalize_depth
 from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
+from vedit.video import to_float
 
 
 @EDITORS.register("framewise")
 class FramewiseEditor(Editor):
     name = "framewise"
+    PARAMS = {  # checked before any model is built
+        "steps": P.integer(1), "guidance_scale": P.number(), "strength": P.number(0, 1, low_open=True),
+        "control_scale": P.number(0), "canny_low": P.number(0), "canny_high": P.number(0),
+        "batch_size": P.integer(1),
+    }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  strength: float = 0.75, control_scale: float = 1.0, canny_low: int = 50, canny_high: int = 100,
@@ -45,7 +52,7 @@ class FramewiseEditor(Editor):
     def edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)
         bb, timer = self.backbone, PhaseTimer(self.backbone.device)
-        frames = task.video.frames
+        frames = task.video.pixels  # converted to float a batch at a time
         h, w = frames.shape[-2] // bb.vae_scale, frames.shape[-1] // bb.vae_scale
         with timer.phase("preprocessing"):
             cond = self._conditioning(task, (h, w))
@@ -58,7 +65,7 @@ class FramewiseEditor(Editor):
         with timer.phase("sampling"):
             for i in range(0, frames.shape[0], self.batch_size):
                 sl = slice(i, i + self.batch_size)
-                latents = bb.encode_images(frames[sl])
+                latents = bb.encode_images(to_float(frames[sl]))
                 x = ddim.add_noise(latents, noise.to(latents).expand_as(latents), start)
                 eps_fn = self._eps_fn({k: v[sl] for k, v in cond.items()}, text, latents.shape[0])
                 out.append(bb.decode_latents(ddim.sample(x, eps_fn, start=start)).cpu())

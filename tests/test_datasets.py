@@ -133,9 +133,9 @@ def test_folder_of_mp4_and_frames(tmp_path):
 
 def test_folder_bad_inputs(tmp_path):
     with pytest.raises(VideoError, match="holds no videos"):
-        FolderDataset(tmp_path)
+        FolderDataset(tmp_path, prompts=None)
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
-    ds = FolderDataset(tmp_path)
+    ds = FolderDataset(tmp_path, prompts=None)
     with pytest.raises(VideoError, match="'broken'"):
         ds.load("broken")
     (tmp_path / "prompts.yaml").write_text("just: [a list\n")

@@ -36,8 +36,9 @@ def test_failed_cell_is_replaced_by_a_later_success(tmp_path):
 def test_clean_tmp_removes_work_of_dead_processes_only(tmp_path):
     store = ResultStore(tmp_path)
     mine = store.new_workdir("a")
-    dead = store.tmp / "b.999999999.deadbeef"
+    host = mine.name.split(".")[1]
+    dead = store.tmp / f"b.{host}.999999999.deadbeef"
     dead.mkdir()
     store.clean_tmp()
     assert mine.exists() and not dead.exists()
-    assert os.getpid() == int(mine.name.split(".")[1])
+    assert os.getpid() == int(mine.name.split(".")[2])

@@ -41,6 +41,9 @@ class OneGpuPerJob(Callback):
 
 
 class PrintSweepTable(Callback):
+    """Per job: the store's counts; at the end: the table, the failures grouped by error, and exit
+    status 1 when any cell of the sweep failed (unless allow_failures=true)."""
+
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from vedit.store import ResultStore
 
@@ -57,8 +60,15 @@ class PrintSweepTable(Callback):
             keys.update(k for k in index.read_text().split() if k)
         if not keys:
             return
+        from vedit.run import failure_report
+
         store = ResultStore(config.store_dir)
         records = [r for r in (store.record(k) for k in sorted(keys)) if r]
         failed = sum(r.get("status") != "ok" for r in records)
         print(f"\nsweep results ({len(records)} cells, {failed} failed, store {config.store_dir}):")
         print(format_table(records))
+        if failed:
+            print(failure_report(records))
+            if not config.get("allow_failures"):
+                raise SystemExit(f"error: {failed} cell(s) of the sweep failed (see above); "
+                                 "allow_failures=true makes failed cells exit 0")

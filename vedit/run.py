@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 import traceback
+import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,21 +21,28 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vedit.backbones import BackboneUnavailable, build_backbone
+from vedit.editors.params import ParamError
 from vedit.errors import EditorError
 from vedit.metrics.cost import COST_CONVENTIONS, cost_fields
 from vedit.provenance import device_name, git_commit, package_versions, resolve_device
-from vedit.registry import EDITORS, METRICS
+from vedit.registry import EDITORS, METRICS, UnknownNameError
 from vedit.store import ResultStore, cell_key
 from vedit.task import EditTask
 from vedit.tracking.progress import SweepProgress
-from vedit.video import side_by_side, write_video
+from vedit.video import CHUNK, VideoError, side_by_side, to_float, write_video
 
 log = logging.getLogger("vedit.run")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+class SetupError(ValueError):
+    """The run cannot start (bad config, unwritable store); the message says what to change."""
 
 
 @dataclass
@@ -48,7 +58,11 @@ class RunSummary:
     records: list[dict] = field(default_factory=list)
     computed: int = 0
     skipped: int = 0
-    failed: int = 0
+
+    @property
+    def failed(self) -> int:
+        """Failed cells of this run, computed now or recorded by an earlier run."""
+        return sum(r.get("status") != "ok" for r in self.records if r)
 
 
 def build_metrics(cfg: DictConfig, estimators, device: torch.device) -> list:
@@ -98,32 +112,39 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
     work = store.new_workdir(cell.key)
     record: dict[str, Any] = {**common, **{k: v for k, v in cell.parts.items() if k != "method"},
                               "method": common["method"], "started_at": time.time()}
+    if cell.task is not None:  # where the frames came from: size, crop box, frame counts, warnings
+        record["source"] = cell.task.video.meta
+        record["warnings"] = list(cell.task.video.meta.get("warnings", []))
     try:
         if cell.error:
             raise EditorError(cell.error)
         task = cell.task
         result = editor.edit(task)
-        frames = result.frames
-        if not torch.isfinite(frames).all():
+        frames = result.frames  # uint8, or float in [0, 1]
+        if frames.is_floating_point() and not all(torch.isfinite(c).all() for c in frames.split(CHUNK)):
             raise EditorError(f"{editor.name} produced NaN/inf frames for video {task.video.id!r} "
                               f"(prompt {task.target_prompt!r}); try float32 (backbone.dtype=float32)")
         values: dict[str, float] = {}
         info: dict[str, dict] = {}
         metric_start = time.perf_counter()
+        metric_frames = to_float(frames) if metrics else frames  # until every metric takes uint8 frames
         for metric in metrics:
-            values.update(metric(frames, task))
+            values.update(metric(metric_frames, task))
             info[metric.name] = {"higher_is_better": metric.higher_is_better, "convention": metric.convention}
         record["metric_seconds"] = time.perf_counter() - metric_start
+        del metric_frames
         fps = task.video.fps or 10.0
         write_video(work / "edited.mp4", frames, fps=fps)
-        write_video(work / "side_by_side.mp4", side_by_side(task.video.frames, frames), fps=fps)
+        write_video(work / "side_by_side.mp4", side_by_side(task.video.pixels, frames), fps=fps)
         if save_frames:
-            torch.save(frames.half(), work / "frames.pt")
+            torch.save(frames if frames.dtype == torch.uint8 else frames.half(), work / "frames.pt")
         record.update(
             status="ok", metrics=values, metric_info=info, timings=result.timings, num_frames=frames.shape[0],
             cost=cost_fields(result, frames.shape[0], editor.device), cost_info=COST_CONVENTIONS,
             editor_info=result.info,
-            outputs={"edited": "edited.mp4", "side_by_side": "side_by_side.mp4"},
+            outputs={"edited": "edited.mp4", "side_by_side": "side_by_side.mp4",
+                     "side_by_side_shows": "left: the source as the method saw it (after data.transform, "
+                                           "see source.transform for the crop); right: the edit"},
         )
     except Exception as e:  # noqa: BLE001 - recorded as a failed cell; the sweep goes on
         log.warning("cell %s failed: %s: %s", cell.key, type(e).__name__, e)
@@ -154,13 +175,44 @@ def build_method_backbone(cfg: DictConfig, device: torch.device):
     return backbone
 
 
-def run(cfg: DictConfig) -> RunSummary:
-    device = resolve_device(cfg.device)
-    store = ResultStore(cfg.store_dir)
+def open_store(store_dir: str) -> ResultStore:
+    """The result store, checked writable (a probe file in its tmp folder) before any work."""
+    try:
+        store = ResultStore(store_dir)
+        probe = store.tmp / f".probe.{uuid.uuid4().hex[:8]}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SetupError(f"store_dir={store_dir} is not writable ({type(e).__name__}: {e.strerror or e}); "
+                         "choose a folder you can write to with store_dir=/path/to/results") from None
     store.clean_tmp()
+    return store
+
+
+def check_config(cfg: DictConfig) -> type:
+    """The editor class, with every method parameter checked; raises before any model is built."""
+    editor_cls = EDITORS.get(cfg.method.name)
+    editor_cls.check_params(OmegaConf.to_container(cfg.method.params, resolve=True) or {})
+    return editor_cls
+
+
+def _note_resolution(method: DictConfig, dataset) -> None:
+    """Say so when the data transform differs from the resolution the method's released code uses."""
+    wanted, transform = method.get("resolution"), getattr(dataset, "transform", None)
+    if not wanted or transform is None:
+        return
+    if transform.crop != wanted.crop or list(transform.size or []) != list(wanted.size):
+        log.info("%s's released code runs at crop=%s size=%s; this run uses data.transform.crop=%s size=%s",
+                 method.name, wanted.crop, list(wanted.size), transform.crop, transform.size)
+
+
+def run(cfg: DictConfig) -> RunSummary:
     method = cfg.method
-    editor_cls = EDITORS.get(method.name)
+    editor_cls = check_config(cfg)
+    device = resolve_device(cfg.device)
+    store = open_store(cfg.store_dir)
     dataset = instantiate(cfg.data)
+    _note_resolution(method, dataset)
     from vedit.estimators import Estimators, KeyedDiskCache
 
     estimators = Estimators(**OmegaConf.to_container(cfg.estimators, resolve=True),
@@ -209,7 +261,6 @@ def run(cfg: DictConfig) -> RunSummary:
                     common["cell_index_in_process"] = summary.computed  # 0: paid the process's first-call set-up
                     rec = run_cell(cell, editor, metrics, store, common, bool(cfg.save_frames))
                     summary.computed += 1
-                    summary.failed += rec.get("status") != "ok"
                     summary.records.append(rec)
                     progress.update(rec.get("status"), time.perf_counter() - start)
                     for tracker in trackers:
@@ -259,17 +310,68 @@ def _write_job_index(summary: RunSummary) -> None:
     (out / "cells.txt").write_text(keys + "\n")
 
 
+def failure_groups(records: list[dict]) -> list[tuple[int, str]]:
+    """(count, example error) per kind of failure, most frequent first. Errors that differ only in
+    quoted names and numbers (the video id, a frame count) are one kind."""
+    examples: dict[str, str] = {}
+    counts: Counter = Counter()
+    for rec in records:
+        if rec and rec.get("status") != "ok":
+            error = str(rec.get("error") or "unknown error")
+            kind = re.sub(r"\d+(\.\d+)?", "#", re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", error))
+            counts[kind] += 1
+            examples.setdefault(kind, error)
+    return [(n, examples[kind]) for kind, n in counts.most_common()]
+
+
+def failure_report(records: list[dict]) -> str:
+    groups = failure_groups(records)
+    if not groups:
+        return ""
+    lines = [f"{sum(n for n, _ in groups)} of {len(records)} cells failed:"]
+    lines += [f"  {n} x {error}" for n, error in groups]
+    return "\n".join(lines)
+
+
+SETUP_ERRORS = (BackboneUnavailable, UnknownNameError, ParamError, SetupError, VideoError)
+
+
+def _setup_error(e: BaseException) -> BaseException | None:
+    """The setup error behind `e` (Hydra wraps errors raised while instantiating data), or None."""
+    while e is not None:
+        if isinstance(e, SETUP_ERRORS):
+            return e
+        e = e.__cause__ if isinstance(e, InstantiationException) else None
+    return None
+
+
+def _multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not under Hydra
+        return False
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
+    """Exits 1 when any cell failed (allow_failures=true: 0); in a multirun sweep the end-of-sweep
+    callback decides, so that one job's failures never stop the other jobs."""
     from vedit.leaderboard import format_table
 
     try:
         summary = run(cfg)
-    except BackboneUnavailable as e:  # a setup problem, not a bug: the message says what to do
-        raise SystemExit(f"error: {e}") from None
+    except Exception as e:  # a setup problem, not a bug: the message says what to do
+        if (cause := _setup_error(e)) is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None
     print(f"\n{cfg.method.name}: {summary.computed} computed, {summary.skipped} already done, "
           f"{summary.failed} failed; results in {cfg.store_dir}")
     print(format_table(summary.records))
+    if summary.failed:
+        print(failure_report(summary.records))
+        if not cfg.get("allow_failures") and not _multirun():
+            raise SystemExit(f"error: {summary.failed} cell(s) failed (see above); "
+                             "allow_failures=true makes failed cells exit 0")
 
 
 if __name__ == "__main__":

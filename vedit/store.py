@@ -60,7 +60,8 @@ class ResultStore:
         return rec.get("status") if rec else None
 
     def new_workdir(self, key: str) -> Path:
-        work = self.tmp / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        """`tmp/<key>.<host>.<pid>.<random>`: the host and pid say whose work it is (see clean_tmp)."""
+        work = self.tmp / f"{key}.{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         work.mkdir(parents=True)
         return work
 
@@ -156,11 +157,14 @@ class ResultStore:
                 yield {**rec, "_dir": str(path.parent)}
 
     def clean_tmp(self) -> None:
-        """Remove work directories left by killed runs of processes that are gone."""
+        """Remove work directories left by killed runs: this host's whose process is gone, and any
+        older than `stale_after` (other hosts' pids cannot be checked from here: a store shared by
+        several machines keeps their work in progress)."""
         for work in self.tmp.iterdir():
             parts = work.name.split(".")
-            pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
-            if pid is None or not _alive(pid):
+            mine = len(parts) == 4 and parts[1] == _host_tag() and parts[2].isdigit()
+            trash = len(parts) == 3 and parts[1] == "old"  # a replaced failed cell (see commit)
+            if trash or (mine and not _alive(int(parts[2]))) or _age(work) > self.stale_after:
                 shutil.rmtree(work, ignore_errors=True)
 
 
@@ -178,6 +182,11 @@ def _read_claim(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def _host_tag() -> str:
+    """This host's name as it can appear in a file name (no dots or separators)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname()) or "host"
 
 
 def _age(path: Path) -> float:

@@ -36,7 +36,7 @@ class EditTask:
 
 @dataclass
 class EditResult:
-    frames: torch.Tensor  # (T, 3, H, W) float in [0, 1], CPU
+    frames: torch.Tensor  # (T, 3, H, W) float in [0, 1] or uint8, CPU
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     peak_memory_bytes: int = 0
     info: dict = field(default_factory=dict)

@@ -48,9 +48,8 @@ class Dataset(abc.ABC):
         return {"name": self.name, "transform": self.transform.describe() if self.transform else None}
 
     def read(self, path: str | Path, video_id: str) -> Video:
-        """Decode only the frames the transform keeps."""
-        return read_video(path, video_id=video_id,
-                          max_frames=self.transform.frames_needed() if self.transform else None)
+        """Decode only the frames the transform keeps, transforming them as they are decoded."""
+        return read_video(path, video_id=video_id, transform=self.transform)
 
     def item(self, video: Video, entry: PromptEntry | None, side: dict | None = None) -> VideoItem:
         """The VideoItem with the entry's prompts (none when missing), transformed."""

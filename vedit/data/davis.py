@@ -52,7 +52,7 @@ class DavisDataset(Dataset):
         side = {}
         masks = self.root / "Annotations" / self.resolution / video_id
         if masks.is_dir():
-            side["mask"] = read_masks(masks, video.num_frames, video_id)
+            side["mask"] = read_masks(masks, video.meta.get("decoded_frames", video.num_frames), video_id)
         return self.item(video, self.prompts.get(video_id), side)
 
     def describe(self) -> dict:
@@ -63,7 +63,7 @@ def read_masks(folder: Path, num_frames: int, video_id: str) -> torch.Tensor:
     """(T, 1, H, W) {0, 1} from indexed PNGs (any non-zero label is the subject)."""
     from PIL import Image
 
-    files = sorted(folder.glob("*.png"))
+    files = sorted(folder.glob("*.png"))[:num_frames]  # the decoded leading frames
     if len(files) != num_frames:
         raise VideoError(f"DAVIS sequence {video_id!r}: {len(files)} annotation PNGs for {num_frames} frames "
                          f"in {folder}")

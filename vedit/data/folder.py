@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from vedit.data.base import Dataset, VideoItem
@@ -9,6 +10,8 @@ from vedit.data.prompts import load_prompts
 from vedit.data.transforms import Transform
 from vedit.registry import DATASETS
 from vedit.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, VideoError
+
+log = logging.getLogger("vedit.data")
 
 
 def scan_videos(root: Path) -> dict[str, Path]:
@@ -26,9 +29,17 @@ def scan_videos(root: Path) -> dict[str, Path]:
 class FolderDataset(Dataset):
     """Videos under `root` (file stem or folder name is the id) with prompts from `root/prompts`.
 
-    The prompts YAML may use the `videos:` layout or the `clips:` layout, whose `path` entries
-    (relative to the YAML) name the video of each id: with them, the folder works as a clips list
-    (e.g. ../shared/data/clips with prompts="clips.yaml"). A missing prompts file means no prompts.
+    The prompts YAML (relative to `root`, or absolute) maps video ids to prompts:
+
+        videos:
+          my_clip:                       # my_clip.mp4 or the frame folder my_clip/
+            source_prompt: a man walking on the beach
+            edit_prompts: [a robot walking on the beach, a man walking on the moon]
+
+    or uses the `clips:` layout, whose `path` entries (relative to the YAML) name the video of each
+    id: with them, the folder works as a clips list (e.g. ../shared/data/clips with
+    prompts="clips.yaml"). A missing prompts file is an error naming the path; prompts=null runs
+    without prompts (only methods that need none can edit then).
     """
 
     name = "folder"
@@ -39,12 +50,21 @@ class FolderDataset(Dataset):
         if not self.root.is_dir():
             raise VideoError(f"folder dataset root {self.root} is not a folder")
         prompt_file = None if prompts is None else (self.root / prompts)
-        self.prompts = load_prompts(prompt_file if prompt_file and prompt_file.exists() else None)
+        if prompt_file is not None and not prompt_file.is_file():
+            yamls = sorted(p.name for p in self.root.glob("*.y*ml"))
+            raise VideoError(f"folder dataset: prompts file {prompt_file} does not exist"
+                             + (f" (YAML files there: {', '.join(yamls)})" if yamls else "")
+                             + "; fix data.prompts, or set data.prompts=null to run without prompts")
+        self.prompts = load_prompts(prompt_file)
         self.videos = scan_videos(self.root)
         self.videos.update({vid: e.path for vid, e in self.prompts.items() if e.path is not None})
         if not self.videos:
             raise VideoError(f"folder dataset {self.root} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or "
                              "frame folders; add some or fix data.root")
+        unmatched = sorted(set(self.prompts) - set(self.videos))
+        if unmatched:
+            log.warning("prompts file %s names videos that are not in %s: %s (known: %s)", prompt_file,
+                        self.root, ", ".join(unmatched), ", ".join(sorted(self.videos)))
         self.transform = transform
 
     def video_ids(self) -> list[str]:

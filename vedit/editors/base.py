@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
+import inspect
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 import torch
 
+from vedit.editors.params import Rule, check
 from vedit.errors import EditorError
 from vedit.task import EditResult, EditTask
 
@@ -44,7 +46,9 @@ class PhaseTimer:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
 
     def result(self, frames: torch.Tensor, **info) -> EditResult:
-        return EditResult(frames=frames.detach().float().cpu().clamp(0, 1), timings=dict(self.seconds),
+        """uint8 frames are returned as they are (no float copy); float frames as float32 in [0, 1]."""
+        frames = frames if frames.dtype == torch.uint8 else frames.detach().float().cpu().clamp(0, 1)
+        return EditResult(frames=frames, timings=dict(self.seconds),
                           peak_memory_bytes=self.peak_memory(), info=info)
 
 
@@ -53,6 +57,19 @@ class Editor(abc.ABC):
 
     name: str = "editor"
     min_frames: int = 2
+    # key -> rule (vedit.editors.params) for the constructor's method parameters; keys without a rule
+    # are only checked to exist
+    PARAMS: ClassVar[dict[str, Rule]] = {}
+    INJECTED: ClassVar[tuple[str, ...]] = ("backbone", "estimators", "latent_cache")  # given by the runner
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        """Raise ParamError naming each unknown key (with a did-you-mean) and each value outside its
+        rule, with the allowed range. Called by the runner before any model is built."""
+        signature = inspect.signature(cls.__init__).parameters
+        known = [k for k, p in signature.items() if k != "self" and k not in cls.INJECTED
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        check(cls.name, params, known, cls.PARAMS)
 
     def __init__(self, backbone: Backbone | None = None, estimators: Estimators | None = None) -> None:
         self.backbone = backbone

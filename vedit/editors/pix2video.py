@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
 from vedit.ops.attention import InjectedKVAttnProcessor, attention_processors, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance
@@ -110,6 +111,12 @@ class Pix2VideoEditor(Editor):
     """Pix2Video on the SD 2 depth backbone. See the module docstring for the method."""
 
     name = "pix2video"
+    PARAMS = {  # checked before any model is built
+        "steps": P.integer(1), "guidance_scale": P.number(), "injection": P.choice(*INJECTIONS),
+        "layers": P.layers("decoder", "all"), "latent_update": P.boolean(), "update_step": P.number(0),
+        "update_window": P.period(), "schedule": P.choice(*SCHEDULES), "inversion_batch_size": P.integer(1),
+        "sampling_batch_size": P.integer(1, optional=True),
+    }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  injection: str = "anchor+previous", layers: str | Sequence[str] = "decoder",
@@ -196,7 +203,7 @@ class Pix2VideoEditor(Editor):
         if self.latent_cache is not None and key in self.latent_cache:
             return self.latent_cache[key].to(self.device, self._latent_dtype), True
         latents = torch.cat([self.backbone.encode_images(chunk)
-                             for chunk in task.video.frames.split(self.inversion_batch_size)])
+                             for chunk in task.video.chunks(self.inversion_batch_size)])
         noise = self.invert(latents.to(self._latent_dtype), depth, source_embeds)
         if self.latent_cache is not None:
             self.latent_cache[key] = noise.cpu()

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
+from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
 from vedit.ops.attention import InjectedKVAttnProcessor, attention_processors, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance
@@ -338,6 +339,21 @@ def _switch(name: str, defaults: dict, given: dict | None) -> dict:
 @EDITORS.register("rerender")
 class RerenderEditor(Editor):
     name = "rerender"
+    PARAMS = {  # checked before any model is built
+        "steps": P.integer(1), "guidance_scale": P.number(), "x0_strength": P.number(0, 1, low_open=True),
+        "key_interval": P.integer(1), "control": P.choice("canny", "hed"), "canny_low": P.number(0),
+        "canny_high": P.number(0), "control_scale": P.number(0), "cross_frame_attention": P.boolean(),
+        "attention_layers": P.layers("decoder", "all"),
+        "shape_fusion": P.fields({"enabled": P.boolean(), "period": P.period()}),
+        "pixel_fusion": P.fields({"enabled": P.boolean(), "period": P.period(), "mask_strength": P.number(0, 1),
+                                  "inner_strength": P.number(0, 1), "smooth_boundary": P.boolean(),
+                                  "fidelity_threshold": P.number(0)}),
+        "color_adain": P.fields({"enabled": P.boolean(), "period": P.period()}),
+        "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
+        "sampling_batch_size": P.integer(1, optional=True),
+        "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
+                                 "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
+    }
 
     def __init__(self, backbone, estimators=None, steps: int = 20, guidance_scale: float = 7.5,
                  x0_strength: float = 0.75, key_interval: int = 10, control: str = "canny",

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
 from vedit.errors import EstimatorError
 from vedit.ops.attention import InjectedKVAttnProcessor, attend, attention_processors, self_attention_layers
@@ -231,6 +232,12 @@ def build_motion_unet(backbone) -> nn.Module:
 @EDITORS.register("vidmp3")
 class VidMP3Editor(Editor):
     name = "vidmp3"
+    PARAMS = {  # checked before any model is built
+        "steps": P.integer(1), "guidance_scale": P.number(), "guide_weight": P.number(),
+        "guide_input": P.choice(*GUIDE_INPUTS), "motion_guide": P.boolean(), "tune_steps": P.integer(0),
+        "tune_lr": P.number(0, low_open=True), "tune_frames": P.integer(1), "tune_stride": P.integer(1),
+        "guide_resolution": P.integer(8), "gradient_checkpointing": P.boolean(), "vae_batch": P.integer(1),
+    }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  guide_weight: float = 0.1, guide_input: str = "multiply", motion_guide: bool = True,
