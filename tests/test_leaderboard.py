@@ -22,7 +22,7 @@ def rec(method, video, seed, m, backbone="paper", status="ok"):
 def test_means_intervals_and_failures():
     records = [rec("a", "v1", 0, 1.0), rec("a", "v2", 0, 2.0), rec("a", "v3", 0, 3.0),
                rec("a", "v4", 0, None, status="failed")]
-    row = leaderboard(records).loc[("paper", "a")]
+    row = leaderboard(records).loc[("d", "paper", "a", "-")]
     assert row["cells"] == 3 and row["failed"] == 1
     assert row["m"] == pytest.approx(2.0)
     assert row["m ±"] == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # t(2 dof) * sd / sqrt(n)

@@ -216,10 +216,15 @@ class ResultStore:
         return out
 
     def records(self) -> Iterator[dict]:
+        """Each cell's record with its metric entries (`metric_entries`, all configurations) and, for a
+        quick look, `metrics`: the newest value of each metric over those entries."""
         for path in sorted(self.cells.glob(f"*/{RECORD}")):
             rec = read_record(path)
             if rec is not None:
-                yield {**rec, "_dir": str(path.parent)}
+                entries = read_metric_entries(path.parent)
+                latest = {k: v for e in entries for k, v in e.get("values", {}).items()}
+                yield {**rec, "_dir": str(path.parent), "metric_entries": entries,
+                       **({"metrics": latest} if entries else {})}
 
     def clean_tmp(self) -> None:
         """Remove work directories left by killed runs of processes that are gone."""

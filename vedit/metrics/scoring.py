@@ -14,19 +14,28 @@ from typing import Any, Callable
 
 import torch
 
-from vedit.metrics.base import Metric
+from vedit.metrics.base import Metric, to_float
 from vedit.store import ResultStore, metric_key, read_record, write_metric_entry
 from vedit.task import EditTask
 
 log = logging.getLogger("vedit.metrics")
 
 
+def metric_config(metric: Metric, task: EditTask) -> dict:
+    """`metric.config(task)`; for a plain callable with `name` (not a Metric subclass), its name and class."""
+    if isinstance(metric, Metric):
+        return metric.config(task)
+    return {"metric": metric.name, "class": f"{type(metric).__module__}.{type(metric).__qualname__}"}
+
+
 def metric_entry(metric: Metric, frames: torch.Tensor, task: EditTask, frames_source: str = "edit") -> dict:
-    """Compute one metric -> its entry (values, direction, convention, config and key, models)."""
-    config = metric.config(task)
-    values = metric(frames, task)
+    """Compute one metric on uint8 frames -> its entry (values, direction, convention, config and key,
+    models). A plain callable that is not a Metric subclass gets float frames in [0, 1]."""
+    config = metric_config(metric, task)
+    values = metric(frames if isinstance(metric, Metric) else to_float(frames), task)
+    models = metric.models(task) if isinstance(metric, Metric) else {}
     return {"metric": metric.name, "metric_key": metric_key(config), "config": config,
-            "models": metric.models(task), "values": values, "higher_is_better": metric.higher_is_better,
+            "models": models, "values": values, "higher_is_better": metric.higher_is_better,
             "convention": metric.convention, "frames": frames_source, "computed_at": time.time()}
 
 
@@ -62,7 +71,7 @@ def attach_metrics(store: ResultStore, key: str, task: EditTask | None, record: 
     entries, errors, loaded = [], {}, None
     for metric in metrics:
         try:
-            mkey = metric_key(metric.config(task))
+            mkey = metric_key(metric_config(metric, task))
             entry = read_record(cell / "metrics" / f"{mkey}.json")
             if entry is None:
                 if loaded is None:
