@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vedit.store import ResultStore
 
@@ -80,7 +81,7 @@ def reference_means() -> dict[tuple[str, str], float]:
     for vid in ds.video_ids():
         item = ds.load(vid)
         for prompt in item.edit_prompts:
-            out[(vid, prompt)] = float((item.video.frames.double() * 255).round().div(255).mean())
+            out[(vid, prompt)] = float((item.video.frames * 255).round().to(torch.uint8).float().div(255).double().mean())
     return out
 
 
