@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from vedit.store import read_metric_entries, read_record
+from vedit.store import read_metric_entries, read_metric_sets, read_record
 
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); 1.96 beyond
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -47,7 +47,8 @@ class EmptyStoreError(ValueError):
 
 def load_records(paths: list[str | Path], strict: bool = False) -> list[dict]:
     """All records under the given stores or folders (any depth), deduplicated by cell key, each with
-    its stored metric entries (`metric_entries`). `strict`: a missing path or no record at all raises
+    its stored metric entries (`metric_entries`) and the metric configurations it was scored under
+    (`metric_sets`: models and merged values). `strict`: a missing path or no record at all raises
     EmptyStoreError naming the paths."""
     seen: dict[str, dict] = {}
     for root in paths:
@@ -60,7 +61,8 @@ def load_records(paths: list[str | Path], strict: bool = False) -> list[dict]:
             rec = read_record(f)
             if rec is not None:
                 seen.setdefault(rec.get("key", str(f)), {**rec, "_dir": str(f.parent),
-                                                         "metric_entries": read_metric_entries(f.parent)})
+                                                         "metric_entries": read_metric_entries(f.parent),
+                                                         "metric_sets": read_metric_sets(f.parent)})
     if strict and not seen:
         raise EmptyStoreError(f"no results (record.json files) under {', '.join(map(str, paths))}; run "
                               "python -m vedit.run ... store_dir=<that folder> first, or check the path")
@@ -120,18 +122,17 @@ def _models_label(models: dict) -> str:
 
 
 def _metric_rows(r: dict) -> list[tuple[dict, dict, bool]]:
-    """(values, models, tiny) per metric-model configuration of a record; entries with the same models
-    merge into one row (different metric names are different columns)."""
-    entries = r.get("metric_entries")
-    if not entries:  # a record carrying its values (a run's summary, or an old store)
+    """(values, models, tiny) per metric configuration a record was scored under. Configurations with
+    the same models merge into one row (different metric names are different columns; the newer
+    value of a metric wins), so a cell is never counted twice in a table row."""
+    sets = r.get("metric_sets")
+    if not sets:  # a record carrying its values (a run's summary, or an old store)
         return [(r.get("metrics") or {}, r.get("metric_models") or {}, bool(r.get("metric_tiny")))]
     groups: dict[str, tuple[dict, dict, bool]] = {}
-    for e in entries:  # oldest first: a newer entry of the same metric and models wins
-        models = e.get("models") or {}
-        label = _models_label(models)
-        values, mods, tiny = groups.get(label, ({}, {}, False))
-        groups[label] = ({**values, **e.get("values", {})}, {**mods, **models},
-                         tiny or any(v for k, v in models.items() if str(k).endswith("_tiny")))
+    for s in sets:  # oldest first
+        label = _models_label(s["models"])
+        values, _, tiny = groups.get(label, ({}, {}, False))
+        groups[label] = ({**values, **s["values"]}, s["models"], tiny or s["tiny"])
     return list(groups.values())
 
 

@@ -51,6 +51,31 @@ def write_metric_entry(cell_dir: Path, entry: dict) -> None:
     atomic_write_text(folder / f"{entry['metric_key']}.json", json.dumps(entry, indent=1, sort_keys=True, default=str))
 
 
+def write_metric_set(cell_dir: Path, keys: list[str], models: dict[str, Any]) -> None:
+    """Record that these metric entries were asked for together (one metric configuration of a run)."""
+    folder = Path(cell_dir) / METRICS_DIR / "sets"
+    folder.mkdir(parents=True, exist_ok=True)
+    set_key = cell_key(sorted(keys))
+    if not (folder / f"{set_key}.json").exists():
+        atomic_write_text(folder / f"{set_key}.json", json.dumps(
+            {"metric_keys": sorted(keys), "models": models, "computed_at": time.time()}, sort_keys=True, default=str))
+
+
+def read_metric_sets(cell_dir: Path) -> list[dict]:
+    """The metric configurations a cell was scored under, each with its entries' merged values."""
+    entries = {e["metric_key"]: e for e in read_metric_entries(cell_dir)}
+    out = []
+    for path in sorted((Path(cell_dir) / METRICS_DIR / "sets").glob("*.json")):
+        s = read_record(path)
+        if s is None:
+            continue
+        found = [entries[k] for k in s.get("metric_keys", []) if k in entries]
+        out.append({"models": s.get("models") or {}, "computed_at": s.get("computed_at", 0),
+                    "tiny": any(v for e in found for k, v in (e.get("models") or {}).items() if k.endswith("_tiny")),
+                    "values": {k: v for e in found for k, v in e.get("values", {}).items()}})
+    return sorted(out, key=lambda s: s["computed_at"])
+
+
 def read_metric_entries(cell_dir: Path) -> list[dict]:
     """All metric entries stored for a cell, oldest first."""
     entries = [e for p in sorted((Path(cell_dir) / METRICS_DIR).glob("*.json")) if (e := read_record(p))]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from vedit.metrics.base import Metric, to_float
-from vedit.store import ResultStore, metric_key, read_record, write_metric_entry
+from vedit.store import ResultStore, metric_key, read_record, write_metric_entry, write_metric_set
 from vedit.task import EditTask
 
 log = logging.getLogger("vedit.metrics")
@@ -83,6 +83,8 @@ def attach_metrics(store: ResultStore, key: str, task: EditTask | None, record: 
             log.warning("cell %s: metric %s failed: %s: %s", key, metric.name, type(e).__name__, e)
             errors[metric.name] = f"{type(e).__name__}: {e}"
     out = with_metrics(record, entries)
+    if entries:
+        write_metric_set(cell, [e["metric_key"] for e in entries], out["metric_models"])
     if errors:
         out["metric_errors"] = errors
     return out
