@@ -26,8 +26,8 @@ from vedit.backbones import BackboneUnavailable, build_backbone
 from vedit.errors import EditorError
 from vedit.metrics.cost import COST_CONVENTIONS, cost_fields
 from vedit.provenance import device_name, git_commit, package_versions, resolve_device
-from vedit.registry import EDITORS, METRICS
 from vedit.metrics.scoring import attach_metrics, metric_entry
+from vedit.registry import EDITORS, METRICS
 from vedit.store import EDITED, METRICS_DIR, ResultStore, cell_key, save_frames_lossless, write_metric_entry
 from vedit.task import EditTask
 from vedit.tracking.progress import SweepProgress
@@ -115,8 +115,10 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
             raise EditorError(f"{editor.name} produced NaN/inf frames for video {task.video.id!r} "
                               f"(prompt {task.target_prompt!r}); try float32 (backbone.dtype=float32)")
         stored = frames if frames.dtype == torch.uint8 else (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        metric_start = time.perf_counter()
         for metric in metrics:  # computed on the stored (lossless uint8) frames, as a later re-scoring is
             write_metric_entry(work, metric_entry(metric, stored, task))
+        record["metric_seconds"] = time.perf_counter() - metric_start
         fps = task.video.fps or 10.0
         save_frames_lossless(work / EDITED, stored, fps=fps)
         write_video(work / "edited.mp4", frames, fps=fps)
