@@ -283,3 +283,12 @@ def test_clip_preprocessing_follows_the_model_config(clip):
     frames = torch.full((1, 3, 32, 32), 0.75)
     torch.testing.assert_close(wrapped.preprocess(frames), torch.ones(1, 3, 32, 32))  # (0.75 - 0.5) / 0.25
     assert wrapped.interpolation == "bilinear"
+
+
+def test_warp_error_skips_fully_occluded_pairs_and_fails_when_all_are():
+    frames, task = two_pair_video()
+    task.side["occ_fwd"][1] = 1  # pair 1 has no visible pixel: only pair 0 counts
+    assert METRICS.get("warp_error")()(frames, task)["warp_error"] == pytest.approx(0.16, rel=1e-5)
+    task.side["occ_fwd"][0] = 1
+    with pytest.raises(MetricError, match="occluded"):
+        METRICS.get("warp_error_l1")()(frames, task)

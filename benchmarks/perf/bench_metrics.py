@@ -68,7 +68,10 @@ def main() -> None:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            values = metric(edited, task)
+            try:
+                values = metric(edited, task)
+            except Exception as e:  # noqa: BLE001 - e.g. random RAFT weights: every pixel occluded
+                values = {"error": f"{type(e).__name__}: {e}"}
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start

@@ -102,13 +102,23 @@ class WarpError(FlowMetric):
                            f"the 3 channels, per pair then mean over pairs; {self.pairing}; {self.resolution()}")
 
     def per_pair(self, frame: torch.Tensor, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        err = ((warped - frame) ** 2).mean(1, keepdim=True)
-        return (err * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1)
+        return ((warped - frame) ** 2).mean(1, keepdim=True)
+
+    def mean_over_pairs(self, edited: torch.Tensor, task: EditTask, scale: float) -> float:
+        """Per pair the mean error over its non-occluded pixels, then the mean over the pairs that have
+        any (a pair occluded everywhere is skipped; Lai et al.'s code would count it as 0)."""
+        sums, counts = [], []
+        for frame, warped, valid in self.pairs(edited, task, scale):
+            sums.append((self.per_pair(frame, warped, valid) * valid).double().sum((1, 2, 3)))
+            counts.append(valid.double().sum((1, 2, 3)))
+        sums, counts = torch.cat(sums), torch.cat(counts)
+        if not (counts > 0).any():
+            raise MetricError(f"{self.name}: every pixel of video {task.video.id!r} is occluded; no pixel to compare")
+        return (sums[counts > 0] / counts[counts > 0]).mean().item()
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_pairs(edited, task)
-        errs = torch.cat([self.per_pair(*chunk) for chunk in self.pairs(edited, task, 1.0)])
-        value = errs.double().mean().item()
+        value = self.mean_over_pairs(edited, task, 1.0)
         return {self.name: value, f"{self.name}_255": value * 255**2}
 
 
@@ -123,13 +133,12 @@ class WarpErrorL1(WarpError):
         self.convention = ("StreamV2V: L1 in 0-255 over non-occluded pixels and the 3 channels, per pair then mean "
                            f"over pairs; {self.pairing}; {self.resolution()}")
 
+    def per_pair(self, frame: torch.Tensor, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return (warped - frame).abs().mean(1, keepdim=True)
+
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_pairs(edited, task)
-        errs = []
-        for frame, warped, valid in self.pairs(edited, task, 255.0):
-            err = (warped - frame).abs().mean(1, keepdim=True)
-            errs.append((err * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1))
-        return {self.name: torch.cat(errs).double().mean().item()}
+        return {self.name: self.mean_over_pairs(edited, task, 255.0)}
 
 
 @METRICS.register("warp_mse")
