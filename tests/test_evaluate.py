@@ -13,7 +13,7 @@ from vedit.data.synthetic import SyntheticDataset
 from vedit.evaluate import EvaluateError, evaluate
 from vedit.leaderboard import leaderboard, load_records
 from vedit.run import CONF_DIR, run
-from vedit.store import ResultStore, save_frames_lossless
+from vedit.store import save_frames_lossless
 
 TINY = ["backbone=tiny", "data=synthetic", "metrics=tiny", "data.num_videos=2", "data.num_frames=4",
         "data.size=[32,32]", "prompts_per_video=1", "method=identity"]

@@ -3,9 +3,12 @@
 Layout: `<root>/cells/<key>/` holds `record.json` (the edit), `edited.mkv` (the edited frames,
 lossless FFV1: what metrics are computed on), `edited.mp4` and `side_by_side.mp4` (H.264, for
 viewing), and `metrics/<metric key>.json`: one file per metric configuration (the metric's name,
-parameters, models and the flow estimator that ran, hashed by `metric_key`). The edit is stored
+parameters, models and the flow estimator that ran, hashed by `metric_key`) and `metrics/sets/`:
+which entries were asked for together (one row per metric configuration in tables). The edit is stored
 once; a changed metric setting has another key, so its values are computed from `edited.mkv` when
-missing, without re-editing, and stale values are never read back. A cell directory is written under `<root>/tmp/` and renamed into place in one step, so a
+missing, without re-editing, and stale values are never read back.
+
+A cell directory is written under `<root>/tmp/` and renamed into place in one step, so a
 kill at any moment leaves either the finished cell or nothing; a rerun skips finished cells.
 
 Concurrent sweeps on one store: before computing a cell a process creates `<root>/claims/<key>`
