@@ -173,7 +173,7 @@ def _direction(column: str, directions: dict[str, bool]) -> bool | None:
 
 def group_table(df: pd.DataFrame, directions: dict[str, bool], keys: list[str]) -> pd.DataFrame:
     """Per group of `keys`: cells, failures, flags, mean and 95% half-width per metric, cost."""
-    metric_cols = [c for c in df.columns if _direction(c, directions) is not None]
+    metric_cols = sorted(c for c in df.columns if _direction(c, directions) is not None)  # stable across stores
     out = []
     for group, g in df.groupby(keys, sort=True, dropna=False):
         ok = g[g["status"] == "ok"]
