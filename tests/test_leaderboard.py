@@ -22,7 +22,7 @@ def rec(method, video, seed, m, backbone="paper", status="ok"):
 def test_means_intervals_and_failures():
     records = [rec("a", "v1", 0, 1.0), rec("a", "v2", 0, 2.0), rec("a", "v3", 0, 3.0),
                rec("a", "v4", 0, None, status="failed")]
-    row = leaderboard(records).loc[("paper", "a")]
+    row = leaderboard(records).loc[("d", "paper", "a", "-")]
     assert row["cells"] == 3 and row["failed"] == 1
     assert row["m"] == pytest.approx(2.0)
     assert row["m ±"] == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # t(2 dof) * sd / sqrt(n)
@@ -74,3 +74,49 @@ def test_progress_total_grows_with_videos_and_eta_ignores_skipped_cells():
     assert progress.failed == 1 and progress.skipped == 1 and progress.done == 2
     assert progress.eta_seconds() >= (8 - 2) * 2.0
     progress.close()
+
+
+def configured(method, params, value, data=None, backbone="paper", models=None, tiny=False, mask_source=None, video="v"):
+    r = rec(method, video, 0, value, backbone=backbone)
+    r.update(key=f"{method}-{params}-{data}-{backbone}-{models}-{video}", config={"method": {"name": method, "params": params}},
+             data=data or {"name": "davis", "root": "x"}, metric_models=models or {"clip": "ViT-L-14/openai"},
+             metric_tiny=tiny, editor_info={"mask_source": mask_source} if mask_source else {})
+    return r
+
+
+def test_rows_never_mix_hyperparameters_benchmarks_backbones_or_metric_models():
+    from vedit.leaderboard import format_table, method_defaults
+
+    defaults = {"key_interval": 10, "steps": 20}
+    assert method_defaults("rerender")["key_interval"] == 10 and method_defaults("rerender")["pixel_fusion.period"] == [0.5, 0.8]
+    records = [configured("rerender", defaults, 1.0, video="v1"), configured("rerender", defaults, 3.0, video="v2"),
+               configured("rerender", {**defaults, "key_interval": 5}, 10.0),
+               configured("rerender", defaults, 20.0, data={"name": "davis", "root": "y"}),
+               configured("rerender", defaults, 30.0, backbone="tiny"),
+               configured("rerender", defaults, 40.0, models={"clip": "tiny-clip-0"}, tiny=True),
+               configured("vidmp3", {}, 50.0, mask_source="none"),
+               configured("vidmp3", {}, 60.0, data={"name": "videoswap"}, mask_source="dataset")]
+    table = leaderboard(records)
+    assert len(table) == 7 and table["m"].to_dict()[("davis (root=x)", "paper", "rerender", "clip ViT-L-14/openai")] == 2.0
+    assert ("davis (root=x)", "paper", "rerender (key_interval=5)", "clip ViT-L-14/openai") in table.index
+    assert ("davis (root=y)", "paper", "rerender", "clip ViT-L-14/openai") in table.index
+    names = list(pretty(table).index)
+    assert "rerender [tiny]" in names and "rerender [tiny metrics]" in names
+    assert "vidmp3 [whole-frame masks]" in names and "vidmp3" in names
+    text = format_table(records)
+    assert "rerender (key_interval=5)" in text and "benchmark" in text and "metric models" in text
+
+
+def test_category_is_an_extra_grouping_key():
+    records = [{**configured("a", {}, 1.0, video="v1"), "category": "style"},
+               {**configured("a", {}, 3.0, video="v2"), "category": "object"}]
+    table = leaderboard(records, by=["category"])
+    assert table.index.names[-1] == "category" and sorted(table["m"]) == [1.0, 3.0]
+
+
+def test_cli_exits_non_zero_on_a_missing_or_empty_store(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no results"):
+        main([str(tmp_path / "empty")])

@@ -1,5 +1,6 @@
 """The synthetic dataset: determinism, side-data conventions and exactness of its ground truth."""
 
+import pytest
 import torch
 
 from vedit.data.base import Dataset
@@ -59,20 +60,26 @@ def test_objects_move_and_occlude():
     assert torch.isnan(s["correspondence"][1:]).any()
 
 
-def test_source_warps_onto_itself_under_ground_truth_flow():
-    item = load(num_frames=8, size=(64, 64))
+@pytest.mark.parametrize("seed,size,objects", [(0, (64, 64), 2), (1, (48, 80), 3), (2, (96, 64), 1)])
+def test_source_warps_onto_itself_under_ground_truth_flow(seed, size, objects):
+    # the occlusion masks cover the edge band where bilinear sampling mixes surfaces: the identity
+    # edit's warp error (0-1 scale) is interpolation error of smooth textures only, also after uint8
+    item = load(num_frames=8, size=size, seed=seed, num_objects=objects)
     frames = item.video.frames
     exact = warp_error(frames, item.side)
+    assert exact < 1e-4 and warp_error((frames * 255).round() / 255, item.side) < 1e-4
     shuffled = warp_error(frames[torch.tensor([0, 5, 2, 7, 1, 4, 6, 3])], item.side)
-    assert exact < 2e-3  # bilinear error at object edges only
-    assert exact < 0.1 * shuffled
+    assert exact < 1e-3 * shuffled
+    assert (1 - item.side["occ_fwd"]).mean() > 0.8  # most pixels still count
 
 
 def test_ground_truth_occlusion_agrees_with_forward_backward_check():
     s = load(num_frames=8, size=(64, 64)).side
     occ_f, occ_b = occlusion_masks(s["flow_fwd"], s["flow_bwd"])
-    assert (occ_f == s["occ_fwd"]).float().mean() > 0.95
-    assert (occ_b == s["occ_bwd"]).float().mean() > 0.95
+    # the check's occlusions are ground-truth occlusions; ground truth adds the thin edge band
+    assert (occ_f * (1 - s["occ_fwd"])).mean() < 0.01 and (occ_b * (1 - s["occ_bwd"])).mean() < 0.01
+    assert (occ_f == s["occ_fwd"]).float().mean() > 0.9
+    assert (occ_b == s["occ_bwd"]).float().mean() > 0.9
 
 
 def test_correspondence_matches_chained_flow_away_from_edges():

@@ -70,12 +70,13 @@ def test_disoccluded_strip_is_marked():
     assert occ_b[0, 0, :, 8:12].eq(0).all() and occ_b[0, 0, :, 13:].eq(0).all()
 
 
-def test_threshold_uses_norms_as_design_states():
-    # |f + b| = 0.55 > 0.01 (|f| + |b|) + 0.5 with |f| = |b| ~ 1  -> occluded; 0.45 -> not
+def test_threshold_uses_squared_norms_as_sundaram():
+    # f = 1, b = -0.25: |f + b|^2 = 0.5625 > 0.01 (1 + 0.0625) + 0.5 = 0.5106 -> occluded;
+    # b = -0.3: 0.49 < 0.5109 -> not (with plain norms both would be occluded: 0.75, 0.7 > 0.5125)
     fwd = translation(6, 6, 1.0, 0.0)
-    occ_f, _ = occlusion_masks(fwd, translation(6, 6, -0.45, 0.0))
+    occ_f, _ = occlusion_masks(fwd, translation(6, 6, -0.25, 0.0))
     assert occ_f[0, 0, :, :4].eq(1).all()
-    occ_f, _ = occlusion_masks(fwd, translation(6, 6, -0.55, 0.0))
+    occ_f, _ = occlusion_masks(fwd, translation(6, 6, -0.3, 0.0))
     assert occ_f[0, 0, :, :4].eq(0).all()
 
 

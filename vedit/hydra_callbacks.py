@@ -52,8 +52,8 @@ class PrintSweepTable(Callback):
                  config.store_dir, counts["ok"], counts["failed"], counts["running"])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from vedit.leaderboard import format_table
-        from vedit.store import ResultStore
+        from vedit.leaderboard import format_table, load_records
+        from vedit.store import RECORD, ResultStore
 
         keys = set()
         for index in Path(config.hydra.sweep.dir).rglob("cells.txt"):
@@ -63,7 +63,7 @@ class PrintSweepTable(Callback):
         from vedit.run import failure_report
 
         store = ResultStore(config.store_dir)
-        records = [r for r in (store.record(k) for k in sorted(keys)) if r]
+        records = load_records([p for k in sorted(keys) if (p := store.cell_dir(k) / RECORD).exists()])  # with metrics
         failed = sum(r.get("status") != "ok" for r in records)
         print(f"\nsweep results ({len(records)} cells, {failed} failed, store {config.store_dir}):")
         print(format_table(records))

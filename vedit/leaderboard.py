@@ -2,64 +2,164 @@
 
     python -m vedit.leaderboard outputs/results [more stores...] --out outputs/leaderboard
 
-Rows are grouped by backbone kind and method; `tiny` and `random` rows are labelled and never
-pooled with `paper` rows. Intervals are Student-t 95% over the cells (videos x prompts x seeds).
-Paired comparisons match two methods' cells on (backbone kind, dataset, video, source prompt,
-target prompt, seed) and give the mean difference per metric with its 95% interval.
-`--out` also writes `index.html`: the tables plus every cell's side-by-side video (relative links).
+Rows never mix what is not comparable: they are grouped by benchmark (dataset name, plus the
+settings that differ between the stored runs of that dataset), backbone kind, method with its
+hyperparameters (labelled by the short diff from `conf/method/<name>.yaml`, e.g.
+`rerender (key_interval=5)`), and the metric models (CLIP model, flow estimator that ran). Rows from
+`tiny`/`random` backbones, from tiny metric models and from runs with whole-frame subject masks
+are labelled. Intervals are Student-t 95% over the cells (videos x prompts x seeds). Paired
+comparisons match two methods' cells on the same benchmark, backbone kind, metric models, video,
+prompts and seed. `--out` also writes `index.html`: the tables plus every cell's side-by-side video.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import itertools
 import math
 import os
 from pathlib import Path
+from typing import Any, Iterable
 
 import pandas as pd
+import yaml
 
-from vedit.store import read_record
+from vedit.store import read_metric_entries, read_metric_sets, read_record
 
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); 1.96 beyond
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042]
 COST_COLUMNS = {"seconds_per_frame": "s/frame", "peak_gpu_memory_gb": "peak GB"}
+GROUP_KEYS = ["benchmark", "backbone", "method", "metric_models"]  # a table row; never pooled across
+METHOD_CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 
 
 def t95(n: int) -> float:
     return _T95[n - 2] if 2 <= n <= 31 else 1.96
 
 
-def load_records(paths: list[str | Path]) -> list[dict]:
-    """All records under the given stores or folders (any depth), deduplicated by cell key."""
+class EmptyStoreError(ValueError):
+    """No store at the path, or a store without records."""
+
+
+def load_records(paths: list[str | Path], strict: bool = False) -> list[dict]:
+    """All records under the given stores or folders (any depth), deduplicated by cell key, each with
+    its stored metric entries (`metric_entries`) and the metric configurations it was scored under
+    (`metric_sets`: models and merged values). `strict`: a missing path or no record at all raises
+    EmptyStoreError naming the paths."""
     seen: dict[str, dict] = {}
     for root in paths:
         root = Path(root)
+        if strict and not root.exists():
+            raise EmptyStoreError(f"result store {root} does not exist; give the store_dir of a run "
+                                  "(default outputs/results; the demo writes outputs/demo)")
         files = [root] if root.is_file() else sorted(root.rglob("record.json"))
         for f in files:
             rec = read_record(f)
             if rec is not None:
-                seen.setdefault(rec.get("key", str(f)), {**rec, "_dir": str(f.parent)})
+                seen.setdefault(rec.get("key", str(f)), {**rec, "_dir": str(f.parent),
+                                                         "metric_entries": read_metric_entries(f.parent),
+                                                         "metric_sets": read_metric_sets(f.parent)})
+    if strict and not seen:
+        raise EmptyStoreError(f"no results (record.json files) under {', '.join(map(str, paths))}; run "
+                              "python -m vedit.run ... store_dir=<that folder> first, or check the path")
     return list(seen.values())
 
 
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)) if isinstance(v, dict) else {
+            f"{prefix}.{k}" if prefix else str(k): v})
+    return out
+
+
+def _short(value: Any) -> str:
+    return str(value).replace(" ", "") if isinstance(value, (list, tuple)) else str(value)
+
+
+@functools.lru_cache(maxsize=None)
+def method_defaults(name: str) -> dict[str, Any]:
+    """The method's default hyperparameters from conf/method/<name>.yaml, flattened ({} if none)."""
+    path = METHOD_CONF / f"{name}.yaml"
+    if not path.exists():
+        return {}
+    return _flatten((yaml.safe_load(path.read_text()) or {}).get("params") or {})
+
+
+def method_label(name: str, params: dict | None) -> str:
+    """`name (k=v, ...)`: the hyperparameters that differ from the method's defaults."""
+    if not params:
+        return str(name)
+    defaults = method_defaults(str(name))
+    diff = [f"{k}={_short(v)}" for k, v in sorted(_flatten(params).items()) if k not in defaults or defaults[k] != v]
+    return f"{name} ({', '.join(diff)})" if diff else str(name)
+
+
+def _benchmarks(records: list[dict]) -> list[str]:
+    """Dataset name, plus the dataset settings that differ between the records sharing that name."""
+    datas = [_flatten(r.get("data") or {}) for r in records]
+    by_name: dict[str, list[dict]] = {}
+    for d in datas:
+        by_name.setdefault(str(d.get("name")), []).append(d)
+    varying = {name: sorted({k for d in ds for k in d if len({_short(x.get(k)) for x in ds}) > 1} - {"name"})
+               for name, ds in by_name.items()}
+    labels = []
+    for d in datas:
+        keys = varying[str(d.get("name"))]
+        labels.append(f"{d.get('name')} ({', '.join(f'{k}={_short(d.get(k))}' for k in keys)})" if keys
+                      else str(d.get("name")))
+    return labels
+
+
+def _models_label(models: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(models.items()) if not str(k).endswith("_tiny")) or "-"
+
+
+def _metric_rows(r: dict) -> list[tuple[dict, dict, bool]]:
+    """(values, models, tiny) per metric configuration a record was scored under. Configurations with
+    the same models merge into one row (different metric names are different columns; the newer
+    value of a metric wins), so a cell is never counted twice in a table row."""
+    sets = r.get("metric_sets")
+    if not sets:  # a record carrying its values (a run's summary, or an old store)
+        return [(r.get("metrics") or {}, r.get("metric_models") or {}, bool(r.get("metric_tiny")))]
+    groups: dict[str, tuple[dict, dict, bool]] = {}
+    for s in sets:  # oldest first
+        label = _models_label(s["models"])
+        values, _, tiny = groups.get(label, ({}, {}, False))
+        groups[label] = ({**values, **s["values"]}, s["models"], tiny or s["tiny"])
+    return list(groups.values())
+
+
 def records_frame(records: list[dict]) -> tuple[pd.DataFrame, dict[str, bool]]:
-    """One row per record (method, backbone, video, prompt, seed, status, metrics, cost) and each
-    metric's direction (True: higher is better)."""
+    """One row per record and metric-model configuration: benchmark, backbone, method (label with its
+    hyperparameters), metric_models, flags (metric_tiny, mask_source), video, prompts, seed, status,
+    metric values and cost; plus each metric's direction (True: higher is better). Columns a record
+    carries at top level (e.g. `category`) are kept, so any of them can be a grouping key."""
     rows, directions = [], {}
-    for r in records:
-        row = {"method": r.get("method"), "backbone": r.get("backbone_kind", "?"), "video": r.get("video"),
-               "dataset": (r.get("data") or {}).get("name"), "source_prompt": r.get("source_prompt"),
-               "target_prompt": r.get("target_prompt"), "seed": r.get("seed"), "status": r.get("status")}
-        row.update(r.get("metrics") or {})
+    for r, benchmark in zip(records, _benchmarks(records)):
+        params = ((r.get("config") or {}).get("method") or {}).get("params")
+        base = {"benchmark": benchmark, "backbone": r.get("backbone_kind", "?"),
+                "method": method_label(r.get("method"), params), "method_name": r.get("method"),
+                "video": r.get("video"), "dataset": (r.get("data") or {}).get("name"),
+                "source_prompt": r.get("source_prompt"), "target_prompt": r.get("target_prompt"),
+                "seed": r.get("seed"), "status": r.get("status"),
+                "mask_source": (r.get("editor_info") or {}).get("mask_source")}
+        if "category" in r:
+            base["category"] = r["category"]
         for k in COST_COLUMNS:
-            row[k] = (r.get("cost") or {}).get(k)
+            base[k] = (r.get("cost") or {}).get(k)
         for name, info in (r.get("metric_info") or {}).items():
             directions[name] = bool(info.get("higher_is_better"))
-        rows.append(row)
+        for e in r.get("metric_entries") or []:
+            directions[e["metric"]] = bool(e.get("higher_is_better"))
+        for values, models, tiny in _metric_rows(r):
+            rows.append({**base, "metric_models": _models_label(models), "metric_tiny": tiny, **values})
     return pd.DataFrame(rows), directions
 
 
@@ -71,30 +171,39 @@ def _direction(column: str, directions: dict[str, bool]) -> bool | None:
     return None
 
 
-def leaderboard(records: list[dict]) -> pd.DataFrame:
-    """One row per (backbone kind, method): n cells, failures, mean and 95% half-width per metric, cost."""
-    df, directions = records_frame(records)
-    if df.empty:
-        return pd.DataFrame()
-    metric_cols = [c for c in df.columns if _direction(c, directions) is not None]
+def group_table(df: pd.DataFrame, directions: dict[str, bool], keys: list[str]) -> pd.DataFrame:
+    """Per group of `keys`: cells, failures, flags, mean and 95% half-width per metric, cost."""
+    metric_cols = sorted(c for c in df.columns if _direction(c, directions) is not None)  # stable across stores
     out = []
-    for (backbone, method), g in df.groupby(["backbone", "method"], sort=True):
+    for group, g in df.groupby(keys, sort=True, dropna=False):
         ok = g[g["status"] == "ok"]
-        row = {"backbone": backbone, "method": method, "cells": len(ok), "failed": int((g["status"] != "ok").sum())}
+        row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+        row.update(cells=len(ok), failed=int((g["status"] != "ok").sum()),
+                   metric_tiny=bool(ok["metric_tiny"].fillna(False).astype(bool).any()) if len(ok) else False,
+                   whole_frame_masks=int((ok["mask_source"] == "none").sum()) if "mask_source" in ok else 0)
         for c in metric_cols:
-            vals = pd.to_numeric(ok[c], errors="coerce").dropna()
-            row[c] = vals.mean() if len(vals) else math.nan
-            row[f"{c} ±"] = t95(len(vals)) * vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else math.nan
+            mean, half, _ = mean_ci(ok[c])
+            row[c], row[f"{c} ±"] = mean, half
         for c in COST_COLUMNS:
             vals = pd.to_numeric(ok[c], errors="coerce").dropna()
             row[c] = (vals.max() if c == "peak_gpu_memory_gb" else vals.mean()) if len(vals) else math.nan
         out.append(row)
-    table = pd.DataFrame(out).set_index(["backbone", "method"])
+    table = pd.DataFrame(out).set_index(keys)
     table.attrs["directions"] = {c: _direction(c, directions) for c in metric_cols}
     return table
 
 
-PAIR_KEYS = ["backbone", "dataset", "video", "source_prompt", "target_prompt", "seed"]
+def leaderboard(records: list[dict], by: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per (benchmark, backbone kind, method with hyperparameters, metric models[, *by]):
+    n cells, failures, flags, mean and 95% half-width per metric, cost. Metrics absent from a row's
+    cells are NaN (e.g. a row scored with another metric set)."""
+    df, directions = records_frame([r for r in records if r])
+    if df.empty:
+        return pd.DataFrame()
+    return group_table(df, directions, GROUP_KEYS + list(by))
+
+
+PAIR_KEYS = ["benchmark", "backbone", "metric_models", "video", "source_prompt", "target_prompt", "seed"]
 
 
 def mean_ci(values: pd.Series) -> tuple[float, float, int]:
@@ -108,7 +217,8 @@ def mean_ci(values: pd.Series) -> tuple[float, float, int]:
 
 
 def paired(records: list[dict]) -> pd.DataFrame:
-    """Method A minus method B on the cells both finished (same backbone kind, data, video, prompts, seed)."""
+    """Method A minus method B on the cells both finished (same benchmark, backbone kind, metric models,
+    video, prompts, seed); methods are compared with their hyperparameter labels."""
     df, directions = records_frame([r for r in records if r])
     if df.empty:
         return pd.DataFrame()
@@ -118,7 +228,8 @@ def paired(records: list[dict]) -> pd.DataFrame:
     rows = []
     for backbone, g in df.groupby("backbone", sort=True):
         for a, b in itertools.combinations(sorted(g["method"].unique()), 2):
-            both = g[g["method"] == a].merge(g[g["method"] == b], on=PAIR_KEYS, suffixes=("_a", "_b"))
+            both = g[g["method"] == a][PAIR_KEYS + metrics].merge(g[g["method"] == b][PAIR_KEYS + metrics],
+                                                                   on=PAIR_KEYS, suffixes=("_a", "_b"))
             for m in metrics:
                 mean, half, n = mean_ci(pd.to_numeric(both[f"{m}_a"], errors="coerce")
                                         - pd.to_numeric(both[f"{m}_b"], errors="coerce"))
@@ -144,7 +255,8 @@ def html_page(records: list[dict], out_dir: Path) -> str:
     parts = ["<!doctype html><meta charset='utf-8'><title>vedit leaderboard</title>",
              "<style>body{font-family:sans-serif} td,th{padding:2px 8px} video{max-width:420px}</style>",
              "<h1>Leaderboard</h1>", format_table(records, "html"),
-             "<p>tiny / random rows are marked [tiny] / [random]: their values say nothing about quality.</p>",
+             "<p>tiny / random rows are marked [tiny] / [random], tiny metric models [tiny metrics]: their values "
+             "say nothing about quality.</p>",
              "<h2>Paired differences (a - b, 95% interval)</h2>",
              paired(records).to_html(index=False) if records else "", "<h2>Cells (source | edited)</h2>", "<table>"]
     key = lambda r: (str(r.get("backbone_kind")), str(r.get("video")), str(r.get("target_prompt")),  # noqa: E731
@@ -160,17 +272,35 @@ def html_page(records: list[dict], out_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def row_label(method: str, backbone: str, metric_tiny: bool = False, whole_frame_masks: int = 0,
+              cells: int = 0) -> str:
+    """The method label with tags: [tiny] / [random] / [external] backbones, [tiny metrics], masks."""
+    tags = [] if backbone == "paper" else [str(backbone)]
+    if metric_tiny:
+        tags.append("tiny metrics")
+    if whole_frame_masks:
+        tags.append("whole-frame masks" + (f" {whole_frame_masks}/{cells}" if whole_frame_masks < cells else ""))
+    return f"{method} [{'; '.join(tags)}]" if tags else str(method)
+
+
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
-    """Human table: 'mean ± ci' cells, arrows on metric names, backbone labels on non-paper rows."""
+    """Human table: 'mean ± ci' cells, arrows on metric names, labelled rows, benchmark and metric models."""
     if table.empty:
         return table
     directions = table.attrs.get("directions", {})
-    out = pd.DataFrame(index=[m if b == "paper" else f"{m} [{b}]" for b, m in table.index])
+    keys = list(table.index.names)
+    idx = table.index.to_frame(index=False)
+    out = pd.DataFrame(index=[row_label(m, b, t, w, c) for m, b, t, w, c in zip(
+        idx["method"], idx["backbone"], table["metric_tiny"], table["whole_frame_masks"], table["cells"])])
     out.index.name = "method"
+    for k in [k for k in keys if k not in ("method", "backbone")]:
+        out[k.replace("_", " ")] = idx[k].values
     out["cells"] = table["cells"].values
     out["failed"] = table["failed"].values
     for c, higher in directions.items():
         mean, ci = table[c].values, table[f"{c} ±"].values
+        if all(math.isnan(m) for m in mean):
+            continue
         out[f"{c} {'↑' if higher else '↓'}"] = [
             "–" if math.isnan(m) else (f"{m:.4g}" if math.isnan(e) else f"{m:.4g} ± {e:.2g}") for m, e in zip(mean, ci)
         ]
@@ -200,7 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="folder for leaderboard.{md,csv,html,tex}")
     parser.add_argument("--formats", default="markdown,csv,html,latex")
     args = parser.parse_args(argv)
-    records = load_records(args.stores)
+    try:
+        records = load_records(args.stores, strict=True)
+    except EmptyStoreError as e:
+        raise SystemExit(f"error: {e}") from None
     print(format_table(records))
     if args.out:
         out = Path(args.out)

@@ -90,9 +90,13 @@ LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
     METRICS: {
         "clip_text": "vedit.metrics.clip:ClipText",
         "clip_image": "vedit.metrics.clip:ClipImage",
+        "clip_image_allpairs": "vedit.metrics.clip:ClipImageAllPairs",
         "frame_acc": "vedit.metrics.clip:FrameAccuracy",
         "warp_mse": "vedit.metrics.warp:WarpMSE",
         "warp_mse_01": "vedit.metrics.warp:WarpMSE01",
+        "warp_error": "vedit.metrics.warp:WarpError",
+        "warp_error_l1": "vedit.metrics.warp:WarpErrorL1",
+        "motion_alignment": "vedit.metrics.warp:MotionAlignment",
     },
 }
 for _registry, _entries in LAZY_ENTRIES.items():

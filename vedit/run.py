@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import shutil
 import time
 import traceback
 import uuid
@@ -31,11 +32,12 @@ from vedit.editors.params import ParamError
 from vedit.errors import EditorError
 from vedit.metrics.cost import COST_CONVENTIONS, cost_fields
 from vedit.provenance import device_name, git_commit, package_versions, resolve_device
+from vedit.metrics.scoring import attach_metrics, metric_entry
 from vedit.registry import EDITORS, METRICS, UnknownNameError
-from vedit.store import ResultStore, cell_key
+from vedit.store import EDITED, METRICS_DIR, ResultStore, cell_key, save_frames_lossless, write_metric_entry
 from vedit.task import EditTask
 from vedit.tracking.progress import SweepProgress
-from vedit.video import CHUNK, VideoError, side_by_side, to_float, write_video
+from vedit.video import CHUNK, VideoError, side_by_side, to_uint8, write_video
 
 log = logging.getLogger("vedit.run")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -108,7 +110,12 @@ def iter_cells(cfg: DictConfig, dataset, method_part: dict, backbone_part: dict)
 
 
 def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict, save_frames: bool) -> dict:
-    """Edit, measure and store one cell. Any exception becomes a failed record; nothing is lost."""
+    """Edit, measure and store one cell. Any exception becomes a failed record; nothing is lost.
+
+    The edit (record.json, the lossless edited frames, the mp4s) and each metric's entry
+    (metrics/<metric key>.json) are moved into place together; the returned record carries the
+    metric values (see `vedit.metrics.scoring`).
+    """
     work = store.new_workdir(cell.key)
     record: dict[str, Any] = {**common, **{k: v for k, v in cell.parts.items() if k != "method"},
                               "method": common["method"], "started_at": time.time()}
@@ -124,37 +131,35 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
         if frames.is_floating_point() and not all(torch.isfinite(c).all() for c in frames.split(CHUNK)):
             raise EditorError(f"{editor.name} produced NaN/inf frames for video {task.video.id!r} "
                               f"(prompt {task.target_prompt!r}); try float32 (backbone.dtype=float32)")
-        values: dict[str, float] = {}
-        info: dict[str, dict] = {}
+        stored = frames if frames.dtype == torch.uint8 else to_uint8(frames)
         metric_start = time.perf_counter()
-        metric_frames = to_float(frames) if metrics else frames  # until every metric takes uint8 frames
-        for metric in metrics:
-            values.update(metric(metric_frames, task))
-            info[metric.name] = {"higher_is_better": metric.higher_is_better, "convention": metric.convention}
+        for metric in metrics:  # computed on the stored (lossless uint8) frames, as a later re-scoring is
+            write_metric_entry(work, metric_entry(metric, stored, task))
         record["metric_seconds"] = time.perf_counter() - metric_start
-        del metric_frames
         fps = task.video.fps or 10.0
+        save_frames_lossless(work / EDITED, stored, fps=fps)
         write_video(work / "edited.mp4", frames, fps=fps)
         write_video(work / "side_by_side.mp4", side_by_side(task.video.pixels, frames), fps=fps)
         if save_frames:
             torch.save(frames if frames.dtype == torch.uint8 else frames.half(), work / "frames.pt")
         record.update(
-            status="ok", metrics=values, metric_info=info, timings=result.timings, num_frames=frames.shape[0],
+            status="ok", timings=result.timings, num_frames=frames.shape[0],
             cost=cost_fields(result, frames.shape[0], editor.device), cost_info=COST_CONVENTIONS,
             editor_info=result.info,
-            outputs={"edited": "edited.mp4", "side_by_side": "side_by_side.mp4",
+            outputs={"edited": "edited.mp4", "side_by_side": "side_by_side.mp4", "frames": EDITED,
                      "side_by_side_shows": "left: the source as the method saw it (after data.transform, "
                                            "see source.transform for the crop); right: the edit"},
         )
     except Exception as e:  # noqa: BLE001 - recorded as a failed cell; the sweep goes on
         log.warning("cell %s failed: %s: %s", cell.key, type(e).__name__, e)
+        shutil.rmtree(work / METRICS_DIR, ignore_errors=True)
         record.update(status="failed", error=f"{type(e).__name__}: {e}",
                       traceback=traceback.format_exc(limit=8))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     record["finished_at"] = time.time()
     store.commit(cell.key, work, record)
-    return store.record(cell.key) or record
+    return attach_metrics(store, cell.key, cell.task, store.record(cell.key) or record, metrics)
 
 
 def build_method_backbone(cfg: DictConfig, device: torch.device):
@@ -268,6 +273,7 @@ def run(cfg: DictConfig) -> RunSummary:
                     return True
             finally:
                 store.release(cell.key)
+        rec = attach_metrics(store, cell.key, cell.task, rec, metrics)  # metrics missing for this config
         summary.skipped += 1
         summary.records.append(rec)
         progress.update(rec.get("status"))

@@ -1,7 +1,14 @@
 """Result records in a content-addressed store with atomic writes.
 
-Layout: `<root>/cells/<key>/` holds `record.json`, `edited.mp4`, `side_by_side.mp4` (and frames when
-asked). A cell directory is written under `<root>/tmp/` and renamed into place in one step, so a
+Layout: `<root>/cells/<key>/` holds `record.json` (the edit), `edited.mkv` (the edited frames,
+lossless FFV1: what metrics are computed on), `edited.mp4` and `side_by_side.mp4` (H.264, for
+viewing), and `metrics/<metric key>.json`: one file per metric configuration (the metric's name,
+parameters, models and the flow estimator that ran, hashed by `metric_key`) and `metrics/sets/`:
+which entries were asked for together (one row per metric configuration in tables). The edit is stored
+once; a changed metric setting has another key, so its values are computed from `edited.mkv` when
+missing, without re-editing, and stale values are never read back.
+
+A cell directory is written under `<root>/tmp/` and renamed into place in one step, so a
 kill at any moment leaves either the finished cell or nothing; a rerun skips finished cells.
 
 Concurrent sweeps on one store: before computing a cell a process creates `<root>/claims/<key>`
@@ -23,14 +30,86 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD = "record.json"
+EDITED = "edited.mkv"  # lossless edited frames
+METRICS_DIR = "metrics"
 
 
 def cell_key(parts: dict[str, Any]) -> str:
     """Stable hash of the parts that define a cell (method+params, backbone, data, video, prompts, seed)."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def metric_key(config: dict[str, Any]) -> str:
+    """Stable hash of one metric's configuration (see `Metric.config`)."""
+    return cell_key(config)
+
+
+def write_metric_entry(cell_dir: Path, entry: dict) -> None:
+    """Store one metric configuration's values in a cell (atomic; concurrent writers agree)."""
+    folder = Path(cell_dir) / METRICS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{entry['metric_key']}.json", json.dumps(entry, indent=1, sort_keys=True, default=str))
+
+
+def write_metric_set(cell_dir: Path, keys: list[str], models: dict[str, Any]) -> None:
+    """Record that these metric entries were asked for together (one metric configuration of a run)."""
+    folder = Path(cell_dir) / METRICS_DIR / "sets"
+    folder.mkdir(parents=True, exist_ok=True)
+    set_key = cell_key(sorted(keys))
+    if not (folder / f"{set_key}.json").exists():
+        atomic_write_text(folder / f"{set_key}.json", json.dumps(
+            {"metric_keys": sorted(keys), "models": models, "computed_at": time.time()}, sort_keys=True, default=str))
+
+
+def read_metric_sets(cell_dir: Path) -> list[dict]:
+    """The metric configurations a cell was scored under, each with its entries' merged values."""
+    entries = {e["metric_key"]: e for e in read_metric_entries(cell_dir)}
+    out = []
+    for path in sorted((Path(cell_dir) / METRICS_DIR / "sets").glob("*.json")):
+        s = read_record(path)
+        if s is None:
+            continue
+        found = [entries[k] for k in s.get("metric_keys", []) if k in entries]
+        out.append({"models": s.get("models") or {}, "computed_at": s.get("computed_at", 0),
+                    "tiny": any(v for e in found for k, v in (e.get("models") or {}).items() if k.endswith("_tiny")),
+                    "values": {k: v for e in found for k, v in e.get("values", {}).items()}})
+    return sorted(out, key=lambda s: s["computed_at"])
+
+
+def read_metric_entries(cell_dir: Path) -> list[dict]:
+    """All metric entries stored for a cell, oldest first."""
+    entries = [e for p in sorted((Path(cell_dir) / METRICS_DIR).glob("*.json")) if (e := read_record(p))]
+    return sorted(entries, key=lambda e: e.get("computed_at", 0))
+
+
+def save_frames_lossless(path: Path, frames: Any, fps: float = 10.0) -> None:
+    """(T, 3, H, W) uint8 frames -> FFV1 (lossless RGB) in Matroska; any size."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=int(round(fps)) if fps and fps > 0 else 10)
+        stream.width, stream.height, stream.pix_fmt = int(frames.shape[3]), int(frames.shape[2]), "bgr0"
+        for img in frames.permute(0, 2, 3, 1).contiguous().numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def load_frames_uint8(path: Path) -> Any:
+    """A video file (any container PyAV reads) -> (T, 3, H, W) uint8 tensor."""
+    import av
+    import numpy as np
+    import torch
+
+    with av.open(str(path)) as container:
+        arrays = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not arrays:
+        raise ValueError(f"{path} decodes to no frames")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -58,6 +137,21 @@ class ResultStore:
     def status(self, key: str) -> str | None:
         rec = self.record(key)
         return rec.get("status") if rec else None
+
+    def edited_frames(self, key: str) -> Any:
+        """The cell's edited frames as uint8 (T, 3, H, W), from the lossless file (older cells: frames.pt,
+        else the lossy mp4, whose metric values differ slightly)."""
+        folder = self.cell_dir(key)
+        if (folder / EDITED).exists():
+            return load_frames_uint8(folder / EDITED)
+        if (folder / "frames.pt").exists():
+            import torch
+
+            return (torch.load(folder / "frames.pt").float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return load_frames_uint8(folder / "edited.mp4")
+
+    def metric_entries(self, key: str) -> list[dict]:
+        return read_metric_entries(self.cell_dir(key))
 
     def new_workdir(self, key: str) -> Path:
         """`tmp/<key>.<host>.<pid>.<random>`: the host and pid say whose work it is (see clean_tmp)."""
@@ -151,10 +245,15 @@ class ResultStore:
         return out
 
     def records(self) -> Iterator[dict]:
+        """Each cell's record with its metric entries (`metric_entries`, all configurations) and, for a
+        quick look, `metrics`: the newest value of each metric over those entries."""
         for path in sorted(self.cells.glob(f"*/{RECORD}")):
             rec = read_record(path)
             if rec is not None:
-                yield {**rec, "_dir": str(path.parent)}
+                entries = read_metric_entries(path.parent)
+                latest = {k: v for e in entries for k, v in e.get("values", {}).items()}
+                yield {**rec, "_dir": str(path.parent), "metric_entries": entries,
+                       **({"metrics": latest} if entries else {})}
 
     def clean_tmp(self) -> None:
         """Remove work directories left by killed runs: this host's whose process is gone, and any

@@ -17,18 +17,28 @@ FLOW_METHODS = ("auto", "raft", "dis", "gt")
 RAFT_WEIGHTS = {"raft_large": "Raft_Large_Weights", "raft_small": "Raft_Small_Weights"}
 
 
-def dis_flow(frames: torch.Tensor,
-             preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> tuple[torch.Tensor, torch.Tensor]:
-    """OpenCV DIS optical flow between consecutive frames -> (flow_fwd, flow_bwd), (T-1, 2, H, W)."""
-    gray = [cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) for img in frames_to_uint8(frames)]
+def _gray(frame: torch.Tensor) -> np.ndarray:
+    if frame.dtype == torch.uint8:
+        return cv2.cvtColor(frame.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(frames_to_uint8(frame[None])[0], cv2.COLOR_RGB2GRAY)
+
+
+def dis_flow(frames: torch.Tensor, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV DIS optical flow between consecutive frames -> (flow_fwd, flow_bwd), (T-1, 2, H, W).
+
+    Frames are uint8 or float in [0, 1]; one pair at a time, results written into `dtype` tensors.
+    """
+    t, _, h, w = frames.shape
+    fwd, bwd = torch.empty(t - 1, 2, h, w, dtype=dtype), torch.empty(t - 1, 2, h, w, dtype=dtype)
     dis = cv2.DISOpticalFlow_create(preset)
-    fwd = [dis.calc(a, b, None) for a, b in zip(gray[:-1], gray[1:])]
-    bwd = [dis.calc(b, a, None) for a, b in zip(gray[:-1], gray[1:])]
-
-    def stack(flows: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).float()
-
-    return stack(fwd), stack(bwd)
+    prev = _gray(frames[0])
+    for i in range(t - 1):
+        cur = _gray(frames[i + 1])
+        fwd[i] = torch.from_numpy(dis.calc(prev, cur, None)).permute(2, 0, 1)
+        bwd[i] = torch.from_numpy(dis.calc(cur, prev, None)).permute(2, 0, 1)
+        prev = cur
+    return fwd, bwd
 
 
 def load_raft(name: str = "raft_large", device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -48,21 +58,24 @@ def load_raft(name: str = "raft_large", device: str | torch.device = "cpu") -> t
 
 
 @torch.no_grad()
-def raft_flow(frames: torch.Tensor, model: torch.nn.Module, iters: int = 12,
-              batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def raft_flow(frames: torch.Tensor, model: torch.nn.Module, iters: int = 12, batch_size: int = 8,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """RAFT flow between consecutive frames -> (flow_fwd, flow_bwd).
 
-    Inputs are replicate-padded to a multiple of 8 and at least 128 (RAFT's correlation pyramid).
+    Frames are uint8 or float in [0, 1]. Inputs are replicate-padded to a multiple of 8 and at least
+    128 (RAFT's correlation pyramid). `batch_size` pairs at a time (forward and backward in one
+    call), written into `dtype` tensors: memory beyond the result does not grow with the length.
     """
     device = next(model.parameters()).device
-    h, w = frames.shape[-2:]
+    t, _, h, w = frames.shape
     pad = (0, max(128, w + (-w) % 8) - w, 0, max(128, h + (-h) % 8) - h)
-    images = F.pad(frames * 2 - 1, pad, mode="replicate")
-    first, second = torch.cat([images[:-1], images[1:]]), torch.cat([images[1:], images[:-1]])
-    flows = []
-    for i in range(0, len(first), batch_size):
-        a, b = first[i:i + batch_size].to(device), second[i:i + batch_size].to(device)
-        flows.append(model(a, b, num_flow_updates=iters)[-1].float().cpu())
-    flow = torch.cat(flows)[..., :h, :w]
-    n = frames.shape[0] - 1
-    return flow[:n].contiguous(), flow[n:].contiguous()
+    fwd, bwd = torch.empty(t - 1, 2, h, w, dtype=dtype), torch.empty(t - 1, 2, h, w, dtype=dtype)
+    for i in range(0, t - 1, batch_size):
+        chunk = frames[i:i + batch_size + 1]
+        chunk = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
+        images = F.pad(chunk * 2 - 1, pad, mode="replicate").to(device)
+        a, b = torch.cat([images[:-1], images[1:]]), torch.cat([images[1:], images[:-1]])
+        flow = model(a, b, num_flow_updates=iters)[-1][..., :h, :w].cpu()
+        n = len(chunk) - 1
+        fwd[i:i + n], bwd[i:i + n] = flow[:n], flow[n:]
+    return fwd, bwd

@@ -1,8 +1,9 @@
-"""The Metric interface."""
+"""The Metric interface, and frame helpers that keep memory bounded on long videos."""
 
 from __future__ import annotations
 
 import abc
+from typing import Any, Iterator
 
 import torch
 
@@ -13,8 +14,24 @@ class MetricError(ValueError):
     """A metric that cannot be computed for this input; the message names the video and the fix."""
 
 
+def to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (0-255) or float [0, 1] frames -> float32 in [0, 1]."""
+    return frames.float().div_(255) if frames.dtype == torch.uint8 else frames.float()
+
+
+def frame_chunks(frames: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    """Float [0, 1] chunks of at most `size` frames (uint8 input is converted one chunk at a time)."""
+    for chunk in frames.split(max(1, int(size))):
+        yield to_float(chunk)
+
+
 class Metric(abc.ABC):
-    """`metric(edited, task) -> {key: value}`; `edited` is (T, 3, H, W) float in [0, 1]."""
+    """`metric(edited, task) -> {key: value}`; `edited` is (T, 3, H, W) uint8 or float in [0, 1].
+
+    `config(task)` says everything that determines the values besides the edit (the metric's name and
+    parameters, the models it uses, the flow estimator that runs for this task): metric values are
+    stored per config, so a changed setting is recomputed and never read back stale.
+    """
 
     name: str = "metric"
     higher_is_better: bool = True
@@ -24,6 +41,14 @@ class Metric(abc.ABC):
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         """Scores of the edited frames for this task."""
 
+    def config(self, task: EditTask) -> dict[str, Any]:
+        """The metric's identity for the metric store; subclasses add their models and parameters."""
+        return {"metric": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}"}
+
+    def models(self, task: EditTask) -> dict[str, Any]:
+        """The models behind the values (CLIP, flow estimator): leaderboard rows never mix them."""
+        return {}
+
     def check_frames(self, edited: torch.Tensor, task: EditTask, min_frames: int = 1) -> None:
         if edited.ndim != 4 or edited.shape[1] != 3:
             raise MetricError(f"{self.name}: edited frames of video {task.video.id!r} must be (T, 3, H, W), "
@@ -31,5 +56,5 @@ class Metric(abc.ABC):
         if edited.shape[0] < min_frames:
             raise MetricError(f"{self.name} needs at least {min_frames} frames; video {task.video.id!r} "
                               f"has {edited.shape[0]}")
-        if not torch.isfinite(edited).all():
+        if edited.dtype != torch.uint8 and not torch.isfinite(edited).all():
             raise MetricError(f"{self.name}: edited frames of video {task.video.id!r} contain NaN or inf")

@@ -1,6 +1,16 @@
-"""CLIP metrics: text alignment, temporal consistency of frame embeddings, frame accuracy."""
+"""CLIP metrics by the conventions the benchmarks use (see docs/METRICS.md):
+
+- `clip_text`: mean over frames of cos(frame, target prompt); raw and x100 (`clip_text_x100`,
+  TGVE's and V2VBench's logit-scale score).
+- `clip_image`: frame consistency over the T-1 consecutive pairs, each cosine clamped at 0
+  (Pix2Video's CLIP-Image, Rerender's Tem-Con, V2VBench); raw and x100.
+- `clip_image_allpairs`: frame consistency over all T(T-1)/2 pairs of distinct frames (TGVE).
+- `frame_acc`: fraction of frames closer to the target than to the source prompt (FateZero, Rerender).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -17,17 +27,33 @@ def _prompt(task: EditTask, attr: str, metric: str) -> str:
     return value
 
 
+class ClipMetric(Metric):
+    """A metric over CLIP embeddings; the CLIP model is injected."""
+
+    def __init__(self, clip: ClipModel) -> None:
+        self.clip = clip
+
+    def models(self, task: EditTask) -> dict[str, Any]:
+        return {"clip": self.clip.name, "clip_tiny": self.clip.tiny}
+
+    def config(self, task: EditTask) -> dict[str, Any]:
+        return {**super().config(task), "clip": self.clip.describe()}
+
+    def _model(self) -> str:
+        return f"{self.clip.name} ({self.clip.describe()['activation']}) at {self.clip.image_size[0]}px"
+
+
 @METRICS.register("clip_text")
-class ClipText(Metric):
+class ClipText(ClipMetric):
     """Mean over frames of cos(frame embedding, target prompt embedding)."""
 
     name = "clip_text"
     higher_is_better = True
 
     def __init__(self, clip: ClipModel) -> None:
-        self.clip = clip
+        super().__init__(clip)
         self.convention = (f"raw cosine in [-1, 1] (clip_text_x100: x100), mean over all frames vs the target "
-                           f"prompt; {clip.name} at {clip.image_size[0]}px (shortest-side resize + centre crop)")
+                           f"prompt; {self._model()} (shortest-side resize + centre crop)")
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_frames(edited, task)
@@ -36,34 +62,64 @@ class ClipText(Metric):
         return {self.name: score, f"{self.name}_x100": 100 * score}
 
 
+def consecutive_consistency(emb: torch.Tensor) -> float:
+    """emb (T, D) normalised -> mean over t of max(0, cos(e_t, e_t+1))."""
+    return (emb[:-1] * emb[1:]).sum(-1).clamp_min(0).mean().item()
+
+
+def all_pairs_consistency(emb: torch.Tensor) -> float:
+    """emb (T, D) normalised -> mean cos over all pairs i < j of distinct frames."""
+    sims = emb @ emb.T
+    i, j = torch.triu_indices(len(emb), len(emb), offset=1)
+    return sims[i, j].mean().item()
+
+
 @METRICS.register("clip_image")
-class ClipImage(Metric):
-    """Temporal consistency: mean cos between consecutive frames' image embeddings."""
+class ClipImage(ClipMetric):
+    """Temporal consistency: mean max(0, cos) between consecutive frames' image embeddings."""
 
     name = "clip_image"
     higher_is_better = True
 
     def __init__(self, clip: ClipModel) -> None:
-        self.clip = clip
-        self.convention = (f"raw cosine in [-1, 1], mean over the T-1 consecutive pairs (t, t+1); "
-                           f"{clip.name} at {clip.image_size[0]}px")
+        super().__init__(clip)
+        self.convention = (f"cosine clamped at 0, mean over the T-1 consecutive pairs (t, t+1) (x100: "
+                           f"clip_image_x100); {self._model()}")
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_frames(edited, task, min_frames=2)
-        emb = self.clip.encode_images(edited)
-        return {self.name: (emb[:-1] * emb[1:]).sum(-1).mean().item()}
+        score = consecutive_consistency(self.clip.encode_images(edited))
+        return {self.name: score, f"{self.name}_x100": 100 * score}
+
+
+@METRICS.register("clip_image_allpairs")
+class ClipImageAllPairs(ClipMetric):
+    """Temporal consistency as TGVE: mean cos over all pairs of distinct frames."""
+
+    name = "clip_image_allpairs"
+    higher_is_better = True
+
+    def __init__(self, clip: ClipModel) -> None:
+        super().__init__(clip)
+        self.convention = (f"raw cosine, mean over all T(T-1)/2 pairs of distinct frames (x100: "
+                           f"clip_image_allpairs_x100); {self._model()}")
+
+    def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+        self.check_frames(edited, task, min_frames=2)
+        score = all_pairs_consistency(self.clip.encode_images(edited))
+        return {self.name: score, f"{self.name}_x100": 100 * score}
 
 
 @METRICS.register("frame_acc")
-class FrameAccuracy(Metric):
+class FrameAccuracy(ClipMetric):
     """Fraction of frames whose embedding is closer (cosine) to the target than to the source prompt."""
 
     name = "frame_acc"
     higher_is_better = True
 
     def __init__(self, clip: ClipModel) -> None:
-        self.clip = clip
-        self.convention = f"fraction in [0, 1] of frames with cos(target) > cos(source); {clip.name}"
+        super().__init__(clip)
+        self.convention = f"fraction in [0, 1] of frames with cos(target) > cos(source); {self._model()}"
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_frames(edited, task)

@@ -1,4 +1,9 @@
-"""CLIP models for the metrics: a small wrapper over open_clip with its image preprocessing."""
+"""CLIP models for the metrics: a small wrapper over open_clip with the model's own preprocessing.
+
+OpenAI's CLIP weights were trained with QuickGELU; open_clip's plain model names build GELU towers
+(and warn "QuickGELU mismatch"). `load_clip` builds each pretrained tag with the activation its
+pretrained config names, and takes mean, std, interpolation and resize mode from that config.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +13,61 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from vedit.metrics.base import MetricError
+from vedit.metrics.base import MetricError, frame_chunks
 
 TINY_VOCAB = 49408  # open_clip.tokenize's BPE vocabulary
+OPENAI_PREPROCESS = {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
+                     "interpolation": "bicubic", "resize_mode": "shortest"}
 
 
 class ClipModel:
     """`encode_images(frames)` and `encode_texts(texts)` -> L2-normalised embeddings (N, D) on CPU.
 
-    Images get open_clip's preprocessing: resize the shortest side to the model's input size
-    (bicubic, antialiased), centre crop, normalise with the CLIP mean and std.
+    Images get the model's preprocessing (open_clip's `preprocess_cfg`): resize the shortest side to
+    the input size (antialiased; bicubic for the OpenAI models), centre crop, normalise with the
+    model's mean and std. Frames may be uint8 or float in [0, 1]; they are converted and encoded in
+    chunks of `batch_size`, so long videos need memory for one chunk only.
     """
 
     def __init__(self, model: open_clip.model.CLIP, tokenizer: Callable = open_clip.tokenize,
-                 name: str = "custom", device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+                 name: str = "custom", device: str | torch.device = "cpu", batch_size: int = 32,
+                 tiny: bool = False) -> None:
         self.model = model.eval().to(device)
         self.tokenizer, self.name, self.device, self.batch_size = tokenizer, name, torch.device(device), batch_size
+        self.tiny = tiny  # random tiny weights: values are meaningless, tables label them
         size = model.visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        self.mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        cfg = {**OPENAI_PREPROCESS, **(getattr(model.visual, "preprocess_cfg", None) or {})}
+        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.interpolation, self.resize_mode = cfg["interpolation"], cfg["resize_mode"]
+        if self.resize_mode != "shortest":
+            raise MetricError(f"CLIP {name}: resize_mode {self.resize_mode!r} is not supported (only 'shortest')")
+
+    def describe(self) -> dict:
+        """What identifies this model's scores: name (with pretrained tag) and activation."""
+        acts = sorted({type(m).__name__ for m in self.model.modules() if "GELU" in type(m).__name__})
+        return {"name": self.name, "activation": "+".join(acts), "image_size": list(self.image_size),
+                "tiny": self.tiny}
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) uint8 or float in [0, 1] -> normalised model input."""
+        frames = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
         h, w = frames.shape[-2:]
         th, tw = self.image_size
         scale = max(th / h, tw / w)
         rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
-        x = F.interpolate(frames.float(), size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
+        x = F.interpolate(frames, size=(rh, rw), mode=self.interpolation, align_corners=False, antialias=True)
         top, left = (rh - th) // 2, (rw - tw) // 2
         x = x[..., top:top + th, left:left + tw].clamp(0, 1)
         return (x - self.mean) / self.std
 
     @torch.no_grad()
     def encode_images(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, D)."""
+        """(N, 3, H, W) uint8 or float in [0, 1] -> (N, D)."""
         dtype = next(self.model.parameters()).dtype
         out = [self.model.encode_image(self.preprocess(chunk).to(self.device, dtype)).float().cpu()
-               for chunk in frames.split(self.batch_size)]
+               for chunk in frame_chunks(frames, self.batch_size)]
         return F.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()
@@ -54,16 +77,37 @@ class ClipModel:
         return F.normalize(self.model.encode_text(tokens).float().cpu(), dim=-1)
 
 
-def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | torch.device = "cpu") -> ClipModel:
-    """A real open_clip model; `pretrained` is a tag (weights from the Hugging Face cache) or a file path."""
+def pretrained_build_args(name: str, pretrained: str | None, quick_gelu: bool | None = None) -> dict:
+    """create_model arguments that build `name` as its weights were trained.
+
+    QuickGELU when the tag's pretrained config says so (all OpenAI weights) or the name ends in
+    `-quickgelu`; a checkpoint path has no config: pass `quick_gelu` (true for OpenAI weights).
+    """
+    cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    if quick_gelu is None:
+        quick_gelu = bool(cfg.get("quick_gelu")) or name.endswith("-quickgelu")
+    preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+    return {"force_quick_gelu": bool(quick_gelu), "force_preprocess_cfg": preprocess or None}
+
+
+def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | torch.device = "cpu",
+              quick_gelu: bool | None = None, load_weights: bool = True) -> ClipModel:
+    """A real open_clip model; `pretrained` is a tag (weights from the Hugging Face cache) or a file path.
+
+    `load_weights=False` builds the same architecture and preprocessing with random weights (no
+    download; for checking the build).
+    """
+    args = pretrained_build_args(name, pretrained, quick_gelu)
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        model = open_clip.create_model(name, pretrained=pretrained if load_weights else None, device=device,
+                                       require_pretrained=load_weights, **args)
     except Exception as e:  # noqa: BLE001 - open_clip and the hub raise many types when weights are absent
         raise MetricError(
             f"cannot load CLIP {name} ({pretrained}): {e.__class__.__name__}: {e}. open_clip reads weights "
             "from the Hugging Face cache: download them where there is network (HF_HOME pointing at that "
             "cache), or pass a local checkpoint path as `pretrained`, or use tiny_clip() for tests") from e
-    return ClipModel(model, open_clip.get_tokenizer(name), name=f"{name}/{pretrained}", device=device)
+    return ClipModel(model, open_clip.get_tokenizer(name), name=f"{name}/{pretrained}", device=device,
+                     tiny=not load_weights)
 
 
 def tiny_clip(seed: int = 0, embed_dim: int = 32, image_size: int = 32,
@@ -73,5 +117,5 @@ def tiny_clip(seed: int = 0, embed_dim: int = 32, image_size: int = 32,
     text = open_clip.model.CLIPTextCfg(context_length=77, vocab_size=TINY_VOCAB, width=32, heads=2, layers=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.model.CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text)
-    return ClipModel(model, open_clip.tokenize, name=f"tiny-clip-{seed}", device=device)
+        model = open_clip.model.CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    return ClipModel(model, open_clip.tokenize, name=f"tiny-clip-{seed}", device=device, tiny=True)

@@ -1,71 +1,228 @@
-"""Warp error: how well the edited video follows the source video's motion."""
+"""Warp error and motion alignment: how well the edited video follows the source video's motion.
+
+Named variants, each after its source (docs/METRICS.md compares them with the papers' numbers):
+
+- `warp_error` (Lai et al., ECCV 2018): flow between consecutive *source* frames; edited frame t+1
+  warped back to t (bilinear); squared error over the non-occluded pixels and the 3 channels,
+  averaged per pair, then over the T-1 pairs. Occlusion: the forward-backward check of Sundaram et
+  al. (`vedit.ops.warp.OCCLUSION_RULE`), or ground truth. Values in [0, 1] units (`warp_error`) and
+  x255^2 (`warp_error_255`).
+- `warp_error_l1` (StreamV2V's released tool): the same pairing, mean absolute error in 0-255.
+- `motion_alignment` (V2VBench): minus the mean end-point error between the flow of the edited
+  video and the flow of the source video, both by the same estimator (V2VBench uses GMFlow; vedit
+  its own estimator, named in the record).
+- `warp_mse` / `warp_mse_01`: vedit's earlier pooled MSE (all non-occluded pixels of all pairs at
+  once), 0-255 at 512x512 and 0-1 at native resolution; kept for old tables.
+
+Every variant names in its config the flow estimator that actually ran (never "auto"), the
+occlusion rule, the resolution and the pairing. Frames may be uint8 or float in [0, 1]; pairs are
+processed `chunk` at a time, so memory does not grow with the video's length.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from vedit.estimators import Estimators
-from vedit.metrics.base import Metric, MetricError
-from vedit.ops.warp import backward_warp, resize_flow
+from vedit.metrics.base import Metric, MetricError, to_float
+from vedit.ops.warp import OCCLUSION_RULE, backward_warp, resize_flow
 from vedit.registry import METRICS
 from vedit.task import EditTask
+from vedit.video import Video
 
-CONVENTIONS = {(255, 512): "warp_mse", (1, None): "warp_mse_01"}
+GT_OCCLUSION = "ground-truth occlusion of the synthetic dataset (hidden, outside, or bilinear sample mixing surfaces)"
 
 
-@METRICS.register("warp_mse")
-class WarpMSE(Metric):
-    """MSE between edited frame t and edited frame t+1 warped back to t by the *source* flow.
-
-    Pairs: every consecutive pair (t, t+1), t = 0..T-2; edited[t+1] is sampled at p + flow_fwd[t](p)
-    (bilinear) and compared with edited[t] at the pixels where occ_fwd[t] = 0. The squared errors
-    are averaged over all those pixels of all pairs and the 3 channels together. Flow and
-    occlusion come from the estimators (ground truth when the task has it) at the source
-    resolution; with `size`, frames (bilinear, antialiased), flow (vectors scaled) and occlusion
-    (nearest) are resized to size x size first. `scale` 255 measures pixel values in 0-255
-    (Pix2Video's table: `warp_mse`, 512x512), 1 in 0-1 (`warp_mse_01`, native resolution).
-    """
+class FlowMetric(Metric):
+    """Shared parts: the estimators, the resolution, the record of which flow and occlusion ran."""
 
     higher_is_better = False
+    pairing = "consecutive pairs (t, t+1), t = 0..T-2, of the source flow"
 
-    def __init__(self, estimators: Estimators | None = None, scale: int = 255, size: int | None = 512,
-                 name: str | None = None) -> None:
-        if scale not in (1, 255):
-            raise MetricError(f"warp_mse: scale={scale} must be 255 (pixel values 0-255) or 1 (0-1)")
+    def __init__(self, estimators: Estimators | None = None, size: int | None = None, chunk: int = 8) -> None:
         self.estimators = estimators or Estimators()
-        self.scale, self.size = scale, size
-        self.name = name or CONVENTIONS.get((scale, size), f"warp_mse_{scale}_{size or 'native'}")
-        res = f"{size}x{size}" if size else "native resolution"
-        self.convention = (f"pixel values 0-{scale}, {res}; MSE over non-occluded pixels of all consecutive "
-                           "pairs, edited[t+1] warped to t by the source flow_fwd[t]")
+        self.size, self.chunk = size, int(chunk)
 
-    def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+    def flow_method(self, task: EditTask) -> str:
+        return self.estimators.flow_method_for(task)
+
+    def occlusion_rule(self, task: EditTask) -> str:
+        return GT_OCCLUSION if self.flow_method(task) == "gt" and "occ_fwd" in task.side else OCCLUSION_RULE
+
+    def resolution(self) -> str:
+        return f"{self.size}x{self.size}" if self.size else "native (source) resolution"
+
+    def models(self, task: EditTask) -> dict[str, Any]:
+        return {"flow": self.flow_method(task)}
+
+    def config(self, task: EditTask) -> dict[str, Any]:
+        method = self.flow_method(task)
+        flow = {"method": method}
+        if method == "raft":
+            flow.update(model=self.estimators.raft_name, iters=self.estimators.raft_iters)
+        return {**super().config(task), "flow": flow, "occlusion": self.occlusion_rule(task),
+                "resolution": self.resolution(), "pairing": self.pairing}
+
+    def check_pairs(self, edited: torch.Tensor, task: EditTask) -> None:
         self.check_frames(edited, task, min_frames=2)
         if edited.shape[0] != task.video.num_frames:
             raise MetricError(f"{self.name}: {edited.shape[0]} edited frames for the {task.video.num_frames} source "
                               f"frames of video {task.video.id!r}; the metric pairs them frame by frame")
-        flow = self.estimators.flow(task)
-        flow_fwd, occ = flow["flow_fwd"].float(), flow["occ_fwd"].float()
-        size = (self.size, self.size) if self.size else tuple(flow_fwd.shape[-2:])
-        frames = edited.float()
-        if tuple(frames.shape[-2:]) != size:
-            frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
-        flow_fwd = resize_flow(flow_fwd, size)
-        if tuple(occ.shape[-2:]) != size:
-            occ = F.interpolate(occ, size=size, mode="nearest")
-        frames = frames * self.scale
-        warped = backward_warp(frames[1:], flow_fwd)
-        valid = 1.0 - occ
-        if valid.sum() == 0:
+
+    def pairs(self, edited: torch.Tensor, task: EditTask, scale: float):
+        """Yield (edited[t], edited[t+1] warped to t, valid mask) per chunk of pairs, at the metric's size."""
+        flow = self.estimators.flow(task, dtype=torch.float16)
+        size = (self.size, self.size) if self.size else tuple(flow["flow_fwd"].shape[-2:])
+        n = edited.shape[0] - 1
+        for start in range(0, n, self.chunk):
+            stop = min(n, start + self.chunk)
+            frames = to_float(edited[start:stop + 1])
+            if tuple(frames.shape[-2:]) != size:
+                frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+            frames = frames * scale
+            fwd = resize_flow(flow["flow_fwd"][start:stop].float(), size)
+            occ = flow["occ_fwd"][start:stop].float()
+            if tuple(occ.shape[-2:]) != size:
+                occ = F.interpolate(occ, size=size, mode="nearest")
+            yield frames[:-1], backward_warp(frames[1:], fwd), 1.0 - occ
+
+
+@METRICS.register("warp_error")
+class WarpError(FlowMetric):
+    """Lai et al. 2018: per pair, mean squared error over non-occluded pixels and channels; mean over pairs."""
+
+    name = "warp_error"
+
+    def __init__(self, estimators: Estimators | None = None, size: int | None = None, chunk: int = 8) -> None:
+        super().__init__(estimators, size, chunk)
+        self.convention = ("Lai et al. 2018: MSE in [0, 1] (warp_error_255: x255^2) over non-occluded pixels and "
+                           f"the 3 channels, per pair then mean over pairs; {self.pairing}; {self.resolution()}")
+
+    def per_pair(self, frame: torch.Tensor, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return ((warped - frame) ** 2).mean(1, keepdim=True)
+
+    def mean_over_pairs(self, edited: torch.Tensor, task: EditTask, scale: float) -> float:
+        """Per pair the mean error over its non-occluded pixels, then the mean over the pairs that have
+        any (a pair occluded everywhere is skipped; Lai et al.'s code would count it as 0)."""
+        sums, counts = [], []
+        for frame, warped, valid in self.pairs(edited, task, scale):
+            sums.append((self.per_pair(frame, warped, valid) * valid).double().sum((1, 2, 3)))
+            counts.append(valid.double().sum((1, 2, 3)))
+        sums, counts = torch.cat(sums), torch.cat(counts)
+        if not (counts > 0).any():
             raise MetricError(f"{self.name}: every pixel of video {task.video.id!r} is occluded; no pixel to compare")
-        err = ((warped - frames[:-1]) ** 2).mean(1, keepdim=True)
-        return {self.name: ((err * valid).sum() / valid.sum()).item()}
+        return (sums[counts > 0] / counts[counts > 0]).mean().item()
+
+    def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+        self.check_pairs(edited, task)
+        value = self.mean_over_pairs(edited, task, 1.0)
+        return {self.name: value, f"{self.name}_255": value * 255**2}
+
+
+@METRICS.register("warp_error_l1")
+class WarpErrorL1(WarpError):
+    """StreamV2V's released tool: per pair, mean absolute error in 0-255 over non-occluded pixels."""
+
+    name = "warp_error_l1"
+
+    def __init__(self, estimators: Estimators | None = None, size: int | None = None, chunk: int = 8) -> None:
+        super().__init__(estimators, size, chunk)
+        self.convention = ("StreamV2V: L1 in 0-255 over non-occluded pixels and the 3 channels, per pair then mean "
+                           f"over pairs; {self.pairing}; {self.resolution()}")
+
+    def per_pair(self, frame: torch.Tensor, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return (warped - frame).abs().mean(1, keepdim=True)
+
+    def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+        self.check_pairs(edited, task)
+        return {self.name: self.mean_over_pairs(edited, task, 255.0)}
+
+
+@METRICS.register("warp_mse")
+class WarpMSE(FlowMetric):
+    """MSE between edited frame t and edited frame t+1 warped back to t by the *source* flow, pooled.
+
+    The squared errors are averaged over all non-occluded pixels of all pairs and the 3 channels
+    together (not per pair as `warp_error`). With `size`, frames (bilinear, antialiased), flow
+    (vectors scaled) and occlusion (nearest) are resized to size x size first. `scale` 255 measures
+    pixel values in 0-255 (`warp_mse`, 512x512), 1 in 0-1 (`warp_mse_01`, native resolution).
+    """
+
+    pairing = "consecutive pairs (t, t+1) of the source flow, all pixels of all pairs pooled"
+
+    def __init__(self, estimators: Estimators | None = None, scale: int = 255, size: int | None = 512,
+                 name: str | None = None, chunk: int = 8) -> None:
+        if scale not in (1, 255):
+            raise MetricError(f"warp_mse: scale={scale} must be 255 (pixel values 0-255) or 1 (0-1)")
+        super().__init__(estimators, size, chunk)
+        self.scale = scale
+        self.name = name or {(255, 512): "warp_mse", (1, None): "warp_mse_01"}.get(
+            (scale, size), f"warp_mse_{scale}_{size or 'native'}")
+        self.convention = (f"pixel values 0-{scale}, {self.resolution().replace('native (source)', 'native')}; "
+                           "MSE over non-occluded pixels of all consecutive pairs pooled, edited[t+1] warped to t "
+                           "by the source flow_fwd[t]")
+
+    def config(self, task: EditTask) -> dict[str, Any]:
+        return {**super().config(task), "scale": self.scale}
+
+    def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+        self.check_pairs(edited, task)
+        total = count = 0.0
+        for frame, warped, valid in self.pairs(edited, task, float(self.scale)):
+            total += (((warped - frame) ** 2).mean(1, keepdim=True) * valid).double().sum().item()
+            count += valid.double().sum().item()
+        if count == 0:
+            raise MetricError(f"{self.name}: every pixel of video {task.video.id!r} is occluded; no pixel to compare")
+        return {self.name: total / count}
 
 
 @METRICS.register("warp_mse_01")
 class WarpMSE01(WarpMSE):
     """`warp_mse` in the 0-1 convention at the native resolution (the name a metrics list can use)."""
 
-    def __init__(self, estimators: Estimators | None = None) -> None:
-        super().__init__(estimators, scale=1, size=None)
+    def __init__(self, estimators: Estimators | None = None, chunk: int = 8) -> None:
+        super().__init__(estimators, scale=1, size=None, chunk=chunk)
+
+
+@METRICS.register("motion_alignment")
+class MotionAlignment(FlowMetric):
+    """V2VBench: minus the mean end-point error between the edited video's and the source video's flows."""
+
+    name = "motion_alignment"
+    higher_is_better = True
+    pairing = "consecutive pairs (t, t+1) of each video's own flow"
+
+    def __init__(self, estimators: Estimators | None = None, size: int | None = None, chunk: int = 8) -> None:
+        super().__init__(estimators, size, chunk)
+        self.convention = ("V2VBench: -mean over pixels and pairs of |flow(edited) - flow(source)| in pixels, "
+                           f"both flows by the same estimator (V2VBench: GMFlow); {self.resolution()}")
+
+    def flow_method(self, task: EditTask) -> str:
+        return self.estimators.flow_method_for(_without_side(task.video))  # an estimator on both videos
+
+    def occlusion_rule(self, task: EditTask) -> str:
+        return "none (all pixels)"
+
+    def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+        self.check_pairs(edited, task)
+        size = (self.size, self.size) if self.size else tuple(task.video.size)
+        frames = torch.cat([to_float(c) for c in edited.split(self.chunk)])
+        if tuple(frames.shape[-2:]) != tuple(task.video.size):
+            frames = F.interpolate(frames, size=tuple(task.video.size), mode="bilinear", antialias=True)
+        edited_video = Video(frames, fps=task.video.fps, id=f"{task.video.id}/edited")
+        ours = self.estimators.flow(_without_side(edited_video), dtype=torch.float16)
+        theirs = self.estimators.flow(_without_side(task.video), dtype=torch.float16)
+        epe = []
+        n = frames.shape[0] - 1
+        for start in range(0, n, self.chunk):
+            a = resize_flow(ours["flow_fwd"][start:start + self.chunk].float(), size)
+            b = resize_flow(theirs["flow_fwd"][start:start + self.chunk].float(), size)
+            epe.append((a - b).norm(dim=1).mean((1, 2)))
+        return {self.name: -torch.cat(epe).double().mean().item()}
+
+
+def _without_side(video: Video) -> EditTask:
+    return EditTask(video=video, source_prompt="", target_prompt="")

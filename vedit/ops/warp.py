@@ -51,19 +51,23 @@ def outside_frame(flow: torch.Tensor) -> torch.Tensor:
     return (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
 
 
+OCCLUSION_RULE = ("forward-backward check (Sundaram et al. 2010, as Lai et al. 2018): occluded where "
+                  "|f + b(p+f)|^2 > 0.01 (|f|^2 + |b(p+f)|^2) + 0.5 (pixels^2) or p + f leaves the frame")
+
+
 def _fb_occlusion(flow: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     other_at_target = backward_warp(other, flow)
-    diff = (flow + other_at_target).norm(dim=1, keepdim=True)
-    bound = 0.01 * (flow.norm(dim=1, keepdim=True) + other_at_target.norm(dim=1, keepdim=True)) + 0.5
+    diff = (flow + other_at_target).square().sum(1, keepdim=True)
+    bound = 0.01 * (flow.square().sum(1, keepdim=True) + other_at_target.square().sum(1, keepdim=True)) + 0.5
     return ((diff > bound) | outside_frame(flow)).float()
 
 
 def occlusion_masks(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward-backward consistency check -> (occ_fwd, occ_bwd), (N, 1, H, W) float in {0, 1}.
 
-    A pixel of frame t is occluded in t+1 where |f + b(p + f)| > 0.01 (|f| + |b(p + f)|) + 0.5
-    (norms, in pixels: the rule as DESIGN.md states it) or where p + f leaves the frame; the same
-    with the roles swapped for occ_bwd.
+    A pixel of frame t is occluded in t+1 where |f + b(p + f)|^2 > 0.01 (|f|^2 + |b(p + f)|^2) + 0.5
+    (squared norms in pixels^2, Sundaram et al. 2010 as used by Lai et al. 2018's warp error; see
+    OCCLUSION_RULE) or where p + f leaves the frame; the same with the roles swapped for occ_bwd.
     """
     if flow_fwd.shape != flow_bwd.shape:
         raise ValueError(f"occlusion_masks: flow_fwd {tuple(flow_fwd.shape)} and flow_bwd "
