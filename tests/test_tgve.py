@@ -181,3 +181,27 @@ def test_category_table_means_and_intervals():
     assert list(table.columns) == ["cells", "failed", "style ↑", "object ↑", "overall ↑"]
     assert table.loc["m"].tolist() == [6, 1, f"2 ± {half:.2g}", f"5 ± {half:.2g}", f"3.5 ± {overall:.2g}"]
     assert category_table(records, "warp_mse").empty
+
+
+def test_notebook_shows_the_tgve_table(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from vedit.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    for i, category in enumerate(CATEGORIES * 2):
+        key = f"k{i}"
+        store.commit(key, store.new_workdir(key), {
+            "method": "m", "backbone_kind": "paper", "video": f"DAVIS_480p/v{i // 4}", "source_prompt": "s",
+            "target_prompt": category, "prompt_category": category, "seed": 0, "data": {"name": "tgve"},
+            "status": "ok", "metrics": {"clip_text": float(i)}, "metric_info": {"clip_text": {"higher_is_better": True}},
+            "cost": {"seconds_per_frame": 1.0, "peak_gpu_memory_gb": 0.0}})
+    monkeypatch.setenv("VEDIT_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    nb = nbformat.read(REPO / "notebooks" / "leaderboard.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "clip_text by prompt category" in "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert "background ↑" in text and "overall ↑" in text and "3.5 ±" in text  # mean of 0..7
