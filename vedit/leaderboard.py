@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stores", nargs="+", help="result stores or folders holding record.json files")
     parser.add_argument("--out", default=None, help="folder for leaderboard.{md,csv,html,tex}")
     parser.add_argument("--formats", default="markdown,csv,html,latex")
+    parser.add_argument("--categories", default=None, metavar="METRIC[,METRIC]",
+                        help="also a table per metric with a column per prompt category (TGVE), categories_<metric>.*")
     args = parser.parse_args(argv)
     try:
         records = load_records(args.stores, strict=True)
@@ -345,6 +347,42 @@ def main(argv: list[str] | None = None) -> None:
         (out / "paired.csv").write_text(format_paired(records, "csv"))
         (out / "index.html").write_text(html_page(records, out.resolve()))
         print(f"\npaired comparisons:\n{format_paired(records)}\nwritten to {out} (open {out / 'index.html'})")
+    for metric in (args.categories.split(",") if args.categories else []):
+        table = category_table(records, metric)
+        print(f"\n{metric} by prompt category:\n{table.to_markdown() if not table.empty else '(no categories)'}")
+        if args.out and not table.empty:
+            for fmt, suffix in {"markdown": "md", "csv": "csv", "html": "html", "latex": "tex"}.items():
+                text = table.to_markdown() if fmt == "markdown" else getattr(table, f"to_{fmt}")()
+                (Path(args.out) / f"categories_{metric}.{suffix}").write_text(text)
+
+
+CATEGORY_ORDER = ("style", "object", "background", "multiple")  # LOVEU-TGVE-2023's; others follow by name
+
+
+def category_table(records: list[dict], metric: str) -> pd.DataFrame:
+    """Rows (method [backbone]); a column per prompt category and `overall`: mean ± 95% interval of `metric`
+    over the finished cells with a category (overall: all of them), plus the cell and failure counts."""
+    records = [r for r in records if r and r.get("prompt_category")]
+    df, directions = records_frame(records)
+    if df.empty or metric not in df:
+        return pd.DataFrame()
+    df["category"] = [r["prompt_category"] for r in records]
+    found = set(df["category"])
+    categories = [c for c in CATEGORY_ORDER if c in found] + sorted(found - set(CATEGORY_ORDER))
+    higher = _direction(metric, directions)
+    arrow = "" if higher is None else (" ↑" if higher else " ↓")
+    rows = {}
+    for (backbone, method), g in df.groupby(["backbone", "method"], sort=True):
+        ok = g[g["status"] == "ok"]
+        row = {"cells": len(ok), "failed": int((g["status"] != "ok").sum())}
+        for label, values in [*((c, ok.loc[ok["category"] == c, metric]) for c in categories), ("overall", ok[metric])]:
+            mean, half, _ = mean_ci(values)
+            row[f"{label}{arrow}"] = "–" if math.isnan(mean) else (f"{mean:.4g}" if math.isnan(half)
+                                                                    else f"{mean:.4g} ± {half:.2g}")
+        rows[method if backbone == "paper" else f"{method} [{backbone}]"] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = metric
+    return table
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
         "davis": "vedit.data.davis:DavisDataset",
         "folder": "vedit.data.folder:FolderDataset",
         "videoswap": "vedit.data.videoswap:VideoSwapDataset",
+        "tgve": "vedit.data.tgve:TGVEDataset",
     },
     METRICS: {
         "clip_text": "vedit.metrics.clip:ClipText",

@@ -86,7 +86,11 @@ def build_metrics(cfg: DictConfig, estimators, device: torch.device) -> list:
 
 
 def iter_cells(cfg: DictConfig, dataset, method_part: dict, backbone_part: dict) -> Any:
-    """Yield (video id, [Cell]) per video: one cell per (source prompt, target prompt)."""
+    """Yield (video id, [Cell]) per video: one cell per (source prompt, target prompt).
+
+    A target prompt with a category (an `EditPrompt` from a suite that gives one) adds `prompt_category`
+    to the cell's parts, so to its key and record; plain prompts keep the keys they had.
+    """
     data_part = dataset.describe()
     for vid in dataset.video_ids():
         base = {"method": method_part, "backbone": backbone_part, "data": data_part, "seed": int(cfg.seed)}
@@ -101,10 +105,15 @@ def iter_cells(cfg: DictConfig, dataset, method_part: dict, backbone_part: dict)
             prompts = prompts[: int(cfg.prompts_per_video)]
         cells = []
         for target in prompts:
+            category = getattr(target, "category", None)
+            target = None if target is None else str(target)
             parts = {**base, "video": vid, "video_hash": item.video.content_hash(),
                      "source_prompt": item.source_prompt, "target_prompt": target}
+            if category is not None:
+                parts["prompt_category"] = category
             task = EditTask(video=item.video, source_prompt=item.source_prompt, target_prompt=target,
-                            seed=int(cfg.seed), side=item.side, dataset=data_part.get("name", ""))
+                            seed=int(cfg.seed), side=item.side, dataset=data_part.get("name", ""),
+                            prompt_category=category)
             cells.append(Cell(cell_key(parts), parts, task=task))
         yield vid, cells
 

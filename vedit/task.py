@@ -27,6 +27,7 @@ class EditTask:
     seed: int = 0
     side: dict[str, torch.Tensor] = field(default_factory=dict)
     dataset: str = ""
+    prompt_category: str | None = None  # the target prompt's category where the suite gives one (TGVE)
 
     def __post_init__(self) -> None:
         unknown = set(self.side) - set(SIDE_KEYS)

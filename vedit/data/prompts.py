@@ -1,4 +1,8 @@
-"""Prompt files: {videos: {id: {source_prompt, edit_prompts}}} or the clips layout {clips: {id: {path, ...}}}."""
+"""Prompt files: {videos: {id: {source_prompt, edit_prompts}}} or the clips layout {clips: {id: {path, ...}}}.
+
+`edit_prompts` is a list of prompts, or a mapping category -> prompt (LOVEU-TGVE's style / object /
+background / multiple); the category travels with the prompt as `EditPrompt.category` into the records.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,21 @@ import yaml
 from vedit.video import VideoError
 
 
+class EditPrompt(str):
+    """A target prompt: a plain `str` that also carries its category (None for a plain list of prompts)."""
+
+    category: str | None
+
+    def __new__(cls, text: str, category: str | None = None) -> EditPrompt:
+        prompt = super().__new__(cls, text)
+        prompt.category = category
+        return prompt
+
+
 @dataclass
 class PromptEntry:
     source_prompt: str | None = None
-    edit_prompts: list[str] = field(default_factory=list)
+    edit_prompts: list[str] = field(default_factory=list)  # EditPrompt where the file gives categories
     path: Path | None = None  # the clips layout names the video file or frame folder
 
 
@@ -44,7 +59,11 @@ def load_prompts(prompts: str | Path | dict | None, base_dir: str | Path | None 
         edits = entry.get("edit_prompts") or []
         if isinstance(edits, str):
             edits = [edits]
+        if isinstance(edits, dict):
+            edits = [EditPrompt(str(text), str(category)) for category, text in edits.items()]
+        else:
+            edits = [str(e) for e in edits]
         path = entry.get("path")
-        out[str(vid)] = PromptEntry(entry.get("source_prompt"), [str(e) for e in edits],
+        out[str(vid)] = PromptEntry(entry.get("source_prompt"), edits,
                                     (folder / path) if (path and folder) else (Path(path) if path else None))
     return out
