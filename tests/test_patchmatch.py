@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vedit.ops.blend import (_gradients, error_aware_weight, histogram_blend, histogram_match, lab_to_rgb, poisson_blend,
-                             rgb_to_lab)
-from vedit.ops.patchmatch import (Guide, guided_synthesis, identity_nnf, occupancy, patch_errors, project_features,
-                                  selective_vote, unfold_patches, upsample_nnf, vote, vote_candidates)
+from vedit.ops.blend import (_gradients, blend_pair, error_aware_weight, histogram_blend, histogram_match, lab_to_rgb,
+                             meanstd_blend, poisson_blend, rgb_to_lab, select_temporal, temporal_weight)
+from vedit.ops.patchmatch import (Guide, auto_levels, guided_synthesis, identity_nnf, occupancy, patch_errors,
+                                  project_features, selective_vote, unfold_patches, upsample_nnf, vote, vote_candidates)
 
 
 
@@ -184,3 +184,60 @@ def test_poisson_blend_with_own_gradients_is_identity() -> None:
     flat = poisson_blend(image, torch.zeros_like(gx), torch.zeros_like(gy), screen=1e-4)
     assert (flat.std(dim=(-2, -1)) < 0.05 * image.std(dim=(-2, -1))).all()
     torch.testing.assert_close(flat.mean(dim=(-2, -1)), image.mean(dim=(-2, -1)))
+
+
+def test_auto_levels_stop_at_the_coarsest_side() -> None:
+    assert auto_levels(512, 512, 20) == 5  # 512 .. 32 (ours: 4 patch widths)
+    assert auto_levels(512, 768, 11) == 6  # 512 .. 16 (EbSynth: 2 * 5 + 1)
+    assert auto_levels(16, 16, 11) == 1
+
+
+def test_temporal_weight_is_the_released_codes() -> None:
+    """Key frames 10 apart: the earlier key's weight is (10 - j) / 9, 1 next to it, 1/9 (not 0) next to the later."""
+    assert [round(temporal_weight(j, 10), 6) for j in (1, 5, 9)] == [1.0, round(5 / 9, 6), round(1 / 9, 6)]
+    assert temporal_weight(1, 2) == 1.0
+
+
+def test_select_temporal_weighs_errors_and_carries_the_choice_along_the_flow() -> None:
+    h = w = 8
+    first_err = torch.full((3, h, w), 1.0)
+    second_err = torch.full((3, h, w), 4.0)
+    second_err[1, 2, 3] = 0.1  # frame 1: the later result wins at (x=3, y=2) only
+    flow = torch.zeros(3, 2, h, w)
+    flow[2, 0] = -1.0  # frame 2's pixel x comes from x - 1 in frame 1
+    mask = select_temporal(first_err, second_err, [1.0, 0.5, 0.5], flow)
+    assert mask.shape == (3, 1, h, w) and mask.dtype == torch.bool
+    assert not mask[0].any()  # w = 1: the earlier key frame's result everywhere
+    assert mask[1, 0].nonzero().tolist() == [[2, 3]]  # (1 - w) E_a >= w E_b there only
+    assert mask[2, 0].nonzero().tolist() == [[2, 4]]  # carried one pixel right, although E_a < E_b there
+    # ties go to the later key frame's result (the released code keeps the earlier only where strictly lower)
+    assert select_temporal(first_err[:1], first_err[:1], [0.5], flow[:1]).all()
+
+
+def test_meanstd_blend_keeps_the_reference_statistics_and_contrast() -> None:
+    g = torch.Generator().manual_seed(0)
+    first = (0.5 + 0.15 * torch.randn(1, 3, 64, 64, generator=g)).clamp(0, 1)
+    second = (0.4 + 0.1 * torch.randn(1, 3, 64, 64, generator=g)).clamp(0, 1)
+    reference = torch.where(torch.rand(1, 1, 64, 64, generator=g) < 0.5, first, second)
+    blended = meanstd_blend(first, second, 0.5, reference)
+    lab_out, lab_ref = rgb_to_lab(blended), rgb_to_lab(reference)
+    torch.testing.assert_close(lab_out.mean((-2, -1)), lab_ref.mean((-2, -1)), atol=0.05, rtol=0)
+    torch.testing.assert_close(lab_out.std((-2, -1)), lab_ref.std((-2, -1)), atol=0, rtol=0.02)
+    assert (0.5 * (first + second)).std() / reference.std() < 0.85  # the plain mean loses contrast
+    torch.testing.assert_close(meanstd_blend(first, first, 0.3, first), first, atol=2e-4, rtol=0)
+    # weight 1: the first image, standardised, given the reference's statistics (here its own)
+    torch.testing.assert_close(meanstd_blend(first, second, 1.0, first), first, atol=2e-4, rtol=0)
+
+
+def test_blend_pair_modes() -> None:
+    g = torch.Generator().manual_seed(1)
+    first, second = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    choose = torch.rand(2, 1, 16, 16, generator=g) > 0.5
+    torch.testing.assert_close(blend_pair(first, second, 0.5, choose, "select"), torch.where(choose, second, first))
+    torch.testing.assert_close(blend_pair(first, second, torch.tensor([1.0, 0.0]), choose, "linear"),
+                               torch.stack([first[0], second[1]]))
+    smooth = smooth_texture(16).expand(2, -1, -1, -1)  # gradients within the released code's clip
+    same = blend_pair(smooth, smooth, 0.5, choose, "meanstd", poisson=True)  # Poisson toward its own gradients
+    torch.testing.assert_close(same, smooth, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="mode='median'"):
+        blend_pair(first, second, 0.5, choose, "median")

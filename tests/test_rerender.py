@@ -9,15 +9,17 @@ import torch
 
 from vedit.backbones import build_backbone
 from vedit.errors import EditorError
-from vedit.editors.rerender import (KeyFrameAttention, RerenderEditor, adain, chained_flow, inpainting_rescale,
-                                    key_frame_indices, match_colour, pixel_reference, soften_occlusion,
-                                    start_step, step_range, wavefront_plan)
+from vedit.editors.rerender import (ADDED_PROMPT, NEGATIVE_PROMPT, PERIOD_ENDS, KeyFrameAttention, RerenderEditor,
+                                    adain, chained_flow, inpainting_rescale, key_frame_indices, match_colour,
+                                    period_steps, pixel_reference, restore_luminosity, soften_occlusion, start_step,
+                                    wavefront_plan)
 from vedit.estimators import Estimators
 from vedit.ops.warp import backward_warp
 from vedit.task import EditTask
 from vedit.video import Video, VideoError
 
-STEPS = 4  # start 1 at x0_strength 0.75; shape fusion step 0; pixel fusion steps 2-3; AdaIN step 3
+STEPS = 4  # start 1 at x0_strength 0.75; shape fusion step 0; pixel fusion step 3; AdaIN none (3.2 <= i <= 4)
+ALL_ON = {"pixel_fusion": {"period": [0.25, 1.0]}, "color_adain": {"period": [0.75, 1.0]}}  # steps 2-3; step 3
 
 
 @pytest.fixture(autouse=True)
@@ -70,11 +72,50 @@ def run(backbone, task: EditTask, **params) -> torch.Tensor:
 # ----------------------------------------------------------------------------- building blocks
 
 def test_schedule_periods():
+    """Each end inclusive or not as the released code compares step i with steps * p."""
     assert start_step(0.75, 20) == 5 and start_step(0.9, 20) == 2 and start_step(1.0, 20) == 0
-    assert list(step_range((0.0, 0.1), 20)) == [0, 1, 2]
-    assert list(step_range((0.5, 0.8), 20)) == list(range(10, 17))
-    assert list(step_range((0.8, 1.0), 20)) == list(range(16, 21))
+    assert list(period_steps((0.0, 0.1), 20, PERIOD_ENDS["shape_fusion"])) == [0, 1, 2]
+    assert list(period_steps((0.5, 0.8), 20, PERIOD_ENDS["pixel_fusion"])) == [11, 12, 13, 14, 15]
+    assert list(period_steps((0.8, 1.0), 20, PERIOD_ENDS["color_adain"])) == list(range(16, 21))
+    assert list(period_steps((0.52, 0.8), 20, (True, True))) == list(range(11, 17))  # 10.4 <= i <= 16
     assert key_frame_indices(8, 4) == [0, 4, 7] and key_frame_indices(9, 4) == [0, 4, 8]
+
+
+def test_constraint_steps_at_20_steps_with_the_default_periods(backbone):
+    windows = RerenderEditor(backbone).constraint_steps()  # x0_strength 0.75: sampling starts at step 5
+    assert windows == {"cross_frame_attention": list(range(5, 20)), "shape_fusion": [],
+                       "pixel_fusion": [11, 12, 13, 14, 15], "color_adain": [16, 17, 18, 19]}
+    from_noise = RerenderEditor(backbone, x0_strength=1.0, color_adain={"enabled": False}).constraint_steps()
+    assert from_noise["shape_fusion"] == [0, 1, 2] and from_noise["color_adain"] == []
+
+
+def test_yaml_defaults_are_the_papers():
+    """conf/method/rerender.yaml: the paper's periods, the released code's prompts, EbSynth's vote and the
+    released code's blend; the propagation block names every parameter, with the function's defaults."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from vedit.ops.propagation import propagate_keyframes
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "conf" / "method" / "rerender.yaml").read_text())["params"]
+    assert (params["steps"], params["x0_strength"], params["key_interval"]) == (20, 0.75, 10)
+    assert params["shape_fusion"]["period"] == [0.0, 0.1] and params["pixel_fusion"]["period"] == [0.5, 0.8]
+    assert params["color_adain"]["period"] == [0.8, 1.0]
+    assert params["added_prompt"] == ADDED_PROMPT == "best quality, extremely detailed"
+    assert params["negative_prompt"] == NEGATIVE_PROMPT and NEGATIVE_PROMPT.startswith("longbody, lowres")
+    assert params["key_flow"] == "direct" and params["color_correction"] is False
+    prop = params["propagation"]
+    assert (prop["patch_size"], prop["uniformity"], prop["weights"]) == (5, 3500.0, {"color": 6.0, "edge": 0.5,
+                                                                                   "temporal": 0.5, "pos": 2.0})
+    assert prop["selective_vote"] is False and prop["weighted_vote"] is False and prop["blend_temperature"] is None
+    assert (prop["selection"], prop["blend"], prop["poisson"]) == ("temporal", "meanstd", False)
+    signature = inspect.signature(propagate_keyframes).parameters
+    runtime = {"source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed"}
+    assert set(prop) == set(signature) - runtime
+    assert {k: v for k, v in prop.items() if k != "weights"} == \
+        {k: signature[k].default for k in prop if k != "weights"}
 
 
 def test_adain_matches_reference_channel_stats():
@@ -128,6 +169,18 @@ def test_inpainting_rescale_keeps_noise_level_inside_and_blends_linearly_at_edge
     assert torch.allclose(r[..., :, 6:], torch.tensor(1.0, dtype=torch.float64))  # no fusion: unchanged
 
 
+def test_restore_luminosity_keeps_the_originals_luminosity_and_the_images_colour():
+    g = torch.Generator().manual_seed(4)
+    images = 0.3 + 0.4 * torch.rand(2, 3, 8, 8, generator=g)
+    originals = 0.3 + 0.4 * torch.rand(2, 3, 8, 8, generator=g)
+    out = restore_luminosity(images, originals)
+    lum = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close((out * lum).sum(1), (originals * lum).sum(1))
+    torch.testing.assert_close(out - out.mean(1, keepdim=True), images - images.mean(1, keepdim=True))  # same chroma
+    white = restore_luminosity(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1), torch.ones(1, 3, 1, 1))
+    torch.testing.assert_close(white, torch.ones(1, 3, 1, 1))  # clipped into gamut toward the luminosity
+
+
 def test_match_colour_moves_statistics_to_reference():
     g = torch.Generator().manual_seed(3)
     images = 0.3 * torch.rand(2, 3, 32, 32, generator=g)
@@ -157,7 +210,7 @@ def test_shape_fusion_is_inactive_before_the_start_step(backbone, two_frames):
     assert torch.equal(on[0], off[0]) and (on[1] - off[1]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("switch", [{"cross_frame_attention": False}, {"color_adain": {"enabled": False}},
+@pytest.mark.parametrize("switch", [{"cross_frame_attention": False}, {"color_adain": {"period": [0.75, 1.0]}},
                                     {"pixel_fusion": {"period": [0.75, 0.75]}}])
 def test_switches_change_later_key_frames_only(backbone, two_frames, switch):
     task, base = two_frames
@@ -170,8 +223,10 @@ def test_errors_name_the_input(backbone):
     one = EditTask(Video(torch.rand(1, 3, 64, 64), 8.0, "single"), "a", "b")
     with pytest.raises((EditorError, VideoError), match="single"):
         run(backbone, one)
-    with pytest.raises(EditorError, match="key_interval=3.*slide"):
-        run(backbone, make_task(num_frames=3), key_interval=3)
+    with pytest.raises(EditorError, match="key_flow='optical'"):
+        RerenderEditor(backbone, key_flow="optical")
+    with pytest.raises(EditorError, match="propagation.*patchsize"):
+        RerenderEditor(backbone, propagation={"patchsize": 5})
     no_flow = EditTask(make_task().video, "a", "b")  # no ground truth, and flow=gt asked for
     with pytest.raises(EditorError, match="slide"):
         RerenderEditor(backbone, Estimators(flow="gt"), steps=STEPS, key_interval=1).edit(no_flow)
@@ -192,8 +247,57 @@ def test_small_video_with_propagation(backbone):
                             propagation={"iterations": 2}).edit(task)
     assert result.frames.shape == (8, 3, 64, 64) and torch.isfinite(result.frames).all()
     assert result.frames.min() >= 0 and result.frames.max() <= 1
-    assert result.info["key_indices"] == [0, 4, 7]
+    assert result.info["key_indices"] == [0, 4, 7] and result.info["key_interval"] == 4
+    assert result.info["flow_estimator"] == "gt"  # the dataset's exact flow, as auto picks it
     assert {"preprocessing", "sampling", "propagation"} <= set(result.timings)
+
+
+def test_key_interval_longer_than_the_clip_is_clamped(backbone):
+    task = make_task(num_frames=4)
+    result = RerenderEditor(backbone, Estimators(), steps=STEPS, key_interval=10).edit(task)
+    assert result.info["key_indices"] == [0, 3] and result.info["key_interval"] == 3
+    assert result.frames.shape == (4, 3, 64, 64)
+
+
+def test_prompts_used_are_recorded_and_reach_the_model(backbone, two_frames):
+    task, base = two_frames
+    result = RerenderEditor(backbone, Estimators(), steps=STEPS, key_interval=1).edit(task)
+    assert result.info["prompt"] == f"{task.target_prompt}, {ADDED_PROMPT}"
+    assert result.info["negative_prompt"] == NEGATIVE_PROMPT
+    plain = RerenderEditor(backbone, Estimators(), steps=STEPS, key_interval=1, added_prompt="", negative_prompt="").edit(task)
+    assert plain.info["prompt"] == task.target_prompt and plain.info["negative_prompt"] == ""
+    assert (plain.frames - base).abs().max() > 1e-4
+
+
+def test_direct_key_frame_flow():
+    """Flow straight between frames 0 and 4 of a 3-px/frame slide: 12 px; DIS and chained ground truth agree."""
+    video, side = translating_video(num_frames=5, d=(3, 0))
+    with_gt = EditTask(video, "a", "b", side=side)
+    exact = Estimators().flow_between(with_gt, [(0, 4), (2, 4)])
+    assert exact["flow_bwd"].shape == (2, 2, 64, 64)
+    torch.testing.assert_close(exact["flow_bwd"][0, :, :, :52], torch.tensor([12.0, 0.0]).view(2, 1, 1).expand(2, 64, 52))
+    assert torch.equal(exact["occ_bwd"][0, 0, 0], (torch.arange(64) >= 52).float())
+    torch.testing.assert_close(exact["flow_fwd"][1, :, :, 6:], torch.tensor([-6.0, 0.0]).view(2, 1, 1).expand(2, 64, 58))
+    dis = Estimators(flow="dis").flow_between(EditTask(video, "a", "b"), [(0, 4)])
+    inner = dis["flow_bwd"][0, :, 8:-8, 8:40]
+    assert (inner - torch.tensor([12.0, 0.0]).view(2, 1, 1)).abs().median() < 0.5
+    with pytest.raises(EditorError, match=r"\(4, 2\)"):
+        Estimators().flow_between(with_gt, [(4, 2)])
+
+
+def test_key_flows_are_direct_by_default_and_chained_on_request(backbone):
+    video, _ = translating_video(num_frames=5, d=(3, 1))
+    task = EditTask(video, "a", "b")  # no ground truth: DIS
+    keys = [0, 2, 4]
+    direct_editor = RerenderEditor(backbone, Estimators(flow="dis"))
+    flows = direct_editor._flows(task)
+    direct = direct_editor._key_flows(task, keys, flows)
+    pairs = Estimators(flow="dis").flow_between(task, [(0, 2), (0, 4), (2, 4)])
+    (to_first, occ_first), (to_prev, _) = direct[2]  # key frame 4
+    assert torch.equal(to_first, pairs["flow_bwd"][1:2]) and torch.equal(occ_first, pairs["occ_bwd"][1:2])
+    assert torch.equal(to_prev, pairs["flow_bwd"][2:3])
+    chained = RerenderEditor(backbone, Estimators(flow="dis"), key_flow="chained")._key_flows(task, keys, flows)
+    assert not torch.equal(chained[2][0][0], to_first)
 
 
 def test_colour_correction_changes_the_input(backbone, two_frames):
@@ -253,7 +357,7 @@ def test_wavefront_equals_sequential_with_every_constraint_on(backbone, monkeypa
         for schedule in ("sequential", "wavefront"):
             latents[schedule] = record_decoded_latents(backbone, monkeypatch)
             calls.clear()
-            results[schedule] = run(backbone, task, x0_strength=1.0, schedule=schedule, **params)
+            results[schedule] = run(backbone, task, x0_strength=1.0, schedule=schedule, **ALL_ON, **params)
             results[schedule + "_calls"] = len(calls)
             monkeypatch.undo()
     finally:

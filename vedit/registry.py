@@ -79,6 +79,7 @@ LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
         "framewise": "baselines.framewise:FramewiseEditor",
         "pix2video": "vedit.editors.pix2video:Pix2VideoEditor",
         "rerender": "vedit.editors.rerender:RerenderEditor",
+        "rerender_ebsynth": "vedit.editors.rerender:RerenderEbsynthEditor",
         "vidmp3": "vedit.editors.vidmp3:VidMP3Editor",
     },
     DATASETS: {

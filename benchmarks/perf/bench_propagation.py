@@ -1,23 +1,38 @@
-"""Speed (and quality) of key-frame propagation, `vedit.ops.propagation.propagate_keyframes`.
+"""Key-frame propagation (`vedit.ops.propagation.propagate_keyframes`): seconds per propagated frame, PSNR
+and warp error, for several propagation variants side by side, on real clips and synthetic scenes.
 
-    python benchmarks/perf/bench_propagation.py --device cuda --size 512 --frames 21 --key-interval 10 --out results.json
-    python benchmarks/perf/bench_propagation.py --device cpu --size 128 --frames 11 --out /tmp/prop.json   # smoke test
+    python benchmarks/perf/bench_propagation.py --device cuda --size 512 --frames 21 --key-interval 10 \
+        --clips-dir data/clips --variants paper,previous,ebsynth --out propagation.json
+    python benchmarks/perf/bench_propagation.py --device cpu --size 128 --frames 21 --clips-dir ../shared/data \
+        --variants paper,previous --repeats 1 --out /tmp/prop.json                               # CPU, small
 
-Uses the real clip ../shared/data/clips/car-turn/car-turn.mp4 (with OpenCV DIS flow) when it exists,
-else a synthetic video: a smooth random texture panning along a curve, with its exact flow. The
-"ground-truth" stylisation is a fixed per-frame colour map + posterisation; the propagator sees only
-the key frames' stylisation. Reports seconds per propagated (non-key) frame, and PSNR against the
-ground truth next to repeating the nearest key frame, for the default histogram blend (timed) and, from
-untimed runs, the linear and select blends. `--previous` runs the method as it was before selective
-voting and error-aware blend weights (mean vote, purely temporal blend weights) for comparison.
+Clips: every *.mp4 and every folder of .jpg/.png frames under `--clips-dir` (e.g. a copy of
+../shared/data/clips and davis-mini/JPEGImages/480p; `--clips` picks some by name), the first `--frames`
+frames resized to `--size` x `--size`, flow by OpenCV DIS between consecutive frames. Their ground-truth
+"stylisation" is a fixed per-frame colour map + posterisation (a per-pixel map: it does not test
+correspondence). Plus `--synthetic N` generated scenes (vedit.data.synthetic, seeds 0..N-1) with exact
+flow and a stylisation that half is a texture painted on the scene's surfaces (as tests/test_propagation.py).
+The propagator sees only the key frames' stylisation.
+
+Per clip and variant: seconds per propagated (non-key) frame (best of `--repeats` after a warm-up run),
+PSNR of the propagated frames against the ground truth and of repeating the nearest key frame, and warp
+error (mean squared difference, [0, 1] units, of frame t and frame t+1 warped back by the clip's flow over
+non-occluded pixels, all consecutive pairs) of the propagated video next to that of the ground truth.
+
+Variants: `paper` (the defaults: EbSynth's mean vote, the released code's temporal selection and Lab
+mean/std blend), `previous` (the defaults before issue 10: selective vote, error-tilted weights at
+temperature 10, per-pixel lower-error selection, full histogram blend), `ebsynth` (method=rerender_ebsynth:
+12 search/vote iterations, style weight 1, pyramid down to 11 px).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -25,14 +40,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vedit.editors.rerender import EBSYNTH_PROPAGATION
 from vedit.ops.propagation import propagate_keyframes
-from vedit.ops.warp import occlusion_masks, pixel_grid
+from vedit.ops.warp import backward_warp, occlusion_masks
 from vedit.video import frames_to_uint8, read_video
 
-CLIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "clips" / "car-turn" / "car-turn.mp4"
+REPO = Path(__file__).resolve().parents[2]
+VARIANTS = {
+    "paper": {},
+    "previous": {"selective_vote": True, "blend_temperature": 10.0, "selection": "error", "blend": "histogram"},
+    "ebsynth": dict(EBSYNTH_PROPAGATION),
+}
 
 
-def stylise(frames: torch.Tensor) -> torch.Tensor:
+def colour_map_stylise(frames: torch.Tensor) -> torch.Tensor:
     """A fixed per-frame stylisation: JET colour map of the luminance mixed with the colour, posterised."""
     out = []
     for img in frames_to_uint8(frames):
@@ -42,38 +63,70 @@ def stylise(frames: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
-def synthetic_video(frames: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A smooth texture panning along a curve -> (frames, flow_fwd, flow_bwd), the flows exact (constant).
-
-    Frame t shows texture(p + s_t), so pixel p of frame t moves to p + s_t - s_{t+1} in frame t+1.
-    """
-    g = torch.Generator().manual_seed(seed)
-    big = 2 * size
-    texture = sum(F.interpolate(torch.rand(1, 3, c, c, generator=g), size=(big, big), mode="bicubic",
-                                align_corners=False) for c in (4, 8, 16, 32, 64)) / 5
-    shifts = torch.tensor([(size / 4 + 1.5 * t * size / 128, size / 4 + np.sin(t / 3) * size / 32)
-                           for t in range(frames)], dtype=torch.float32)
-    grid = pixel_grid(size, size)
-    video = torch.cat([F.grid_sample(texture, ((grid + s.view(1, 2, 1, 1)) / (big - 1) * 2 - 1).permute(0, 2, 3, 1),
-                                     align_corners=True) for s in shifts])
-    fwd = (shifts[:-1] - shifts[1:]).view(-1, 2, 1, 1).expand(-1, 2, size, size).float().contiguous()
-    return video.clamp(0, 1), fwd, -fwd
+def find_clips(root: Path) -> dict[str, Path]:
+    """name -> path: *.mp4 files and folders holding .jpg/.png frames, anywhere under root."""
+    clips = {p.stem if p.parent == root else p.parent.name: p for p in sorted(root.rglob("*.mp4"))}
+    for folder in sorted({p.parent for ext in ("*.jpg", "*.png") for p in root.rglob(ext)}):
+        clips.setdefault(folder.name, folder)
+    return clips
 
 
-def load(size: int, frames: int, synthetic: bool) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if CLIP.exists() and not synthetic:
-        from vedit.estimators import dis_flow
+def real_clip(path: Path, frames: int, size: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    from vedit.estimators import dis_flow
 
-        video = read_video(CLIP, max_frames=frames).frames
-        video = F.interpolate(video, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
-        fwd, bwd = dis_flow(video)
-        return "car-turn (DIS flow)", video, fwd, bwd
-    video, fwd, bwd = synthetic_video(frames, size)
-    return "synthetic pan (exact flow)", video, fwd, bwd
+    video = read_video(path, max_frames=frames).frames
+    video = F.interpolate(video, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    fwd, bwd = dis_flow(video)
+    occ_fwd, occ_bwd = occlusion_masks(fwd, bwd)
+    side = {"flow_fwd": fwd, "flow_bwd": bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}
+    return video, side, colour_map_stylise(video)
+
+
+def synthetic_clip(seed: int, frames: int, size: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    from vedit.data.synthetic import SyntheticDataset, _random_texture, render_video
+
+    dataset = SyntheticDataset(num_videos=1, num_frames=frames, size=(size, size), seed=seed)
+    vid = dataset.video_ids()[0]
+    item = dataset.load(vid)
+    rng = np.random.default_rng([seed, 99])
+    painted = []
+    for layer in dataset.layers(vid):
+        freq, phase, amp = _random_texture(rng, 6, max_freq=2 * math.pi / 0.12, amp=0.6)
+        painted.append(replace(layer, tex_freq=freq, tex_phase=phase, tex_amp=amp, colour=tuple(rng.uniform(0.3, 0.7, 3))))
+    texture = render_video(painted, frames, (size, size))[0]
+    x = item.video.frames
+    colour = torch.stack([x[:, 2], 1 - x[:, 0], x[:, 1].sqrt()], 1)
+    return x, item.side, (0.5 * colour + 0.5 * texture).clamp(0, 1)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((10 * torch.log10(1 / ((a - b) ** 2).mean(dim=(1, 2, 3)))).mean())
+    return float((10 * torch.log10(1 / ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-12))).mean())
+
+
+def warp_error(video: torch.Tensor, side: dict) -> float:
+    warped = backward_warp(video[1:], side["flow_fwd"])
+    visible = 1 - side["occ_fwd"]
+    return float((((warped - video[:-1]) ** 2).mean(1, keepdim=True) * visible).sum() / visible.sum().clamp_min(1))
+
+
+def measure(video: torch.Tensor, side: dict, truth: torch.Tensor, keys: list[int], params: dict,
+            device: torch.device, repeats: int) -> dict:
+    def run() -> torch.Tensor:
+        out = propagate_keyframes(video, keys, truth[keys], side["flow_fwd"], side["flow_bwd"], side["occ_fwd"],
+                                  side["occ_bwd"], device=device, **params)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+
+    out = run()  # warm-up (allocator, kernels)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run()
+        seconds.append(time.perf_counter() - start)
+    nonkey = [i for i in range(video.shape[0]) if i not in keys]
+    return {"seconds_per_propagated_frame": min(seconds) / max(len(nonkey), 1),
+            "psnr_propagated": psnr(out[nonkey], truth[nonkey]), "warp_error": warp_error(out, side)}
 
 
 def main() -> None:
@@ -82,63 +135,69 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames", type=int, default=21)
     parser.add_argument("--key-interval", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=6)
-    parser.add_argument("--feature-dims", type=int, default=32, help="PCA size of patch features; 0 = full patches")
+    default_dir = REPO / "data" / "clips"
+    parser.add_argument("--clips-dir", type=Path, default=default_dir if default_dir.exists() else REPO.parent / "shared" / "data",
+                        help="folder searched for *.mp4 and frame folders (default: data/clips in the repo, else ../shared/data)")
+    parser.add_argument("--clips", default="", help="comma-separated clip names (default: all found)")
+    parser.add_argument("--synthetic", type=int, default=2, help="number of synthetic scenes (exact flow) to add")
+    parser.add_argument("--variants", default="paper,previous", help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up run")
-    parser.add_argument("--synthetic", action="store_true", help="use the synthetic video even if the clip exists")
-    parser.add_argument("--style-weight", type=float, default=0.0, help="EbSynth search-and-vote style term (0 = off)")
-    parser.add_argument("--search-vote-iters", type=int, default=1)
-    parser.add_argument("--previous", action="store_true", help="mean vote and temporal-only blend weights (old method)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-
-    source_name, video, fwd, bwd = load(args.size, args.frames, args.synthetic)
-    occ_fwd, occ_bwd = occlusion_masks(fwd, bwd)
-    truth = stylise(video)
-    keys = list(range(0, video.shape[0], args.key_interval))
-    nonkey = [i for i in range(video.shape[0]) if i not in keys]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     device = torch.device(args.device)
-    kwargs = dict(iterations=args.iterations, feature_dims=args.feature_dims or None, device=device,
-                  style_weight=args.style_weight, search_vote_iters=args.search_vote_iters)
-    if args.previous:
-        kwargs.update(selective_vote=False, blend_temperature=float("inf"))
+    found = find_clips(args.clips_dir) if args.clips_dir.exists() else {}
+    names = [c for c in args.clips.split(",") if c] or list(found)
+    missing = [c for c in names if c not in found]
+    if missing:
+        parser.error(f"clips {missing} not found under {args.clips_dir}; found: {sorted(found)}")
+    sources = [(name, "DIS", lambda name=name: real_clip(found[name], args.frames, args.size)) for name in names]
+    sources += [(f"synthetic-{s}", "exact", lambda s=s: synthetic_clip(s, args.frames, args.size))
+                for s in range(args.synthetic)]
 
-    def run(blend: str = "histogram") -> torch.Tensor:
-        out = propagate_keyframes(video, keys, truth[keys], fwd, bwd, occ_fwd, occ_bwd, blend=blend, **kwargs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return out
+    rows = []
+    for name, flow, load in sources:
+        video, side, truth = load()
+        if video.shape[0] < 3:
+            print(f"skipping {name}: {video.shape[0]} frames")
+            continue
+        keys = sorted(set(range(0, video.shape[0], args.key_interval)) | {video.shape[0] - 1})
+        nonkey = [i for i in range(video.shape[0]) if i not in keys]
+        nearest = truth[[min(keys, key=lambda k: abs(k - i)) for i in range(video.shape[0])]]
+        base = {"clip": name, "flow": flow, "frames": int(video.shape[0]), "size": args.size, "key_frames": keys,
+                "psnr_nearest_key": psnr(nearest[nonkey], truth[nonkey]), "warp_error_truth": warp_error(truth, side),
+                "warp_error_nearest_key": warp_error(nearest, side)}
+        for variant in variants:
+            row = {**base, "variant": variant, **measure(video, side, truth, keys, VARIANTS[variant], device, args.repeats)}
+            rows.append(row)
+            print(f"{name:18s} {variant:9s} {row['seconds_per_propagated_frame']:.4f} s/frame  PSNR "
+                  f"{row['psnr_propagated']:.2f} (nearest key {row['psnr_nearest_key']:.2f})  warp "
+                  f"{row['warp_error'] * 1e3:.3f}e-3 (truth {row['warp_error_truth'] * 1e3:.3f}e-3)", flush=True)
 
-    run()  # warm-up (allocator, kernels)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        out = run()
-        seconds.append(time.perf_counter() - start)
-    nearest = truth[[min(keys, key=lambda k: abs(k - i)) for i in range(video.shape[0])]]
-    other_blends = {blend: psnr(run(blend)[nonkey], truth[nonkey]) for blend in ("linear", "select")}
-    result = {
-        "source": source_name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "size": args.size, "frames": int(video.shape[0]), "key_frames": keys, "propagated_frames": len(nonkey),
-        "iterations": args.iterations, "feature_dims": args.feature_dims, "style_weight": args.style_weight,
-        "search_vote_iters": args.search_vote_iters, "previous_method": args.previous,
-        "seconds_total": min(seconds), "seconds_per_propagated_frame": min(seconds) / max(len(nonkey), 1),
-        "psnr_propagated": psnr(out[nonkey], truth[nonkey]), "psnr_nearest_key": psnr(nearest[nonkey], truth[nonkey]),
-        "psnr_linear_blend": other_blends["linear"], "psnr_select_blend": other_blends["select"],
-        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else 0.0,
-    }
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    result = {"device": device_name, "size": args.size, "frames": args.frames, "key_interval": args.key_interval,
+              "variants": {v: VARIANTS[v] for v in variants}, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\npropagation benchmark: {source_name}, {args.size}x{args.size}, {result['frames']} frames, keys {keys}")
-    print("| device | s / propagated frame | total s | PSNR histogram (default) | PSNR linear | PSNR select "
-          "| PSNR nearest key | gain dB (histogram) | peak GPU GB |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {result['device']} | {result['seconds_per_propagated_frame']:.4f} | {result['seconds_total']:.3f} | "
-          f"{result['psnr_propagated']:.2f} | {result['psnr_linear_blend']:.2f} | {result['psnr_select_blend']:.2f} | "
-          f"{result['psnr_nearest_key']:.2f} | {result['psnr_propagated'] - result['psnr_nearest_key']:.2f} | "
-          f"{result['peak_gpu_memory_gb']:.2f} |")
+    print(f"\npropagation benchmark on {device_name}: {args.size}x{args.size}, {args.frames} frames, K={args.key_interval}")
+    print("| clip (flow) | variant | s / propagated frame | PSNR dB | PSNR nearest key | warp err x1e3 | warp err truth x1e3 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clip']} ({r['flow']}) | {r['variant']} | {r['seconds_per_propagated_frame']:.4f} | "
+              f"{r['psnr_propagated']:.2f} | {r['psnr_nearest_key']:.2f} | {r['warp_error'] * 1e3:.3f} | "
+              f"{r['warp_error_truth'] * 1e3:.3f} |")
+    for variant in variants:
+        own = [r for r in rows if r["variant"] == variant]
+        if own:
+            print(f"mean over {len(own)} clips, {variant}: {np.mean([r['seconds_per_propagated_frame'] for r in own]):.4f} "
+                  f"s/frame, PSNR gain over nearest key {np.mean([r['psnr_propagated'] - r['psnr_nearest_key'] for r in own]):.2f} dB, "
+                  f"warp error / truth {np.mean([r['warp_error'] / r['warp_error_truth'] for r in own]):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Rerender-A-Video speed: seconds per key frame, per propagated frame, per frame overall; peak memory.
 
     python benchmarks/perf/bench_rerender.py --backbone random --device cuda --dtype bfloat16 \
-        --frames 21 --size 512 --key-interval 10 --out rerender.json [--peer] [--compile]
+        --frames 21 --size 512 --key-interval 10 --out rerender.json [--peer] [--compile] [--propagation previous]
     python benchmarks/perf/bench_rerender.py --backbone tiny --device cpu --dtype float32 \
         --frames 8 --size 64 --key-interval 4 --peer --out /tmp/rerender.json      # smoke test
 
@@ -29,6 +29,8 @@ from vedit.editors.rerender import RerenderEditor, key_frame_indices
 from vedit.estimators import Estimators
 from vedit.task import EditTask
 from vedit.video import Video
+
+from bench_propagation import VARIANTS as PROPAGATION_VARIANTS  # noqa: E402  (this script's folder is on sys.path)
 
 SOURCE, TARGET = "a photo of a street", "a street in the style of Van Gogh"
 
@@ -90,6 +92,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--peer", action="store_true", help="also time diffusers' ControlNet img2img pipeline")
     p.add_argument("--schedule", choices=("wavefront", "sequential"), default="wavefront")
+    p.add_argument("--propagation", choices=tuple(PROPAGATION_VARIANTS), default="paper",
+                   help="propagation variant (see bench_propagation.py): the defaults, the pre-issue-10 ones, or EbSynth's")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet's and ControlNet's resnets, feed-forwards and cross-attention")
     args = p.parse_args()
 
@@ -101,7 +105,7 @@ def main() -> None:
         compile_blocks(bb.controlnet, dynamic=True)
     task = sliding_video(args.frames, args.size)
     editor = RerenderEditor(bb, Estimators(), steps=args.steps, key_interval=args.key_interval,
-                            schedule=args.schedule)
+                            schedule=args.schedule, propagation=PROPAGATION_VARIANTS[args.propagation])
     keys = key_frame_indices(args.frames, args.key_interval)
 
     # Warm-up: two key frames and one propagated frame; with --compile the whole video, so every shape is
@@ -117,7 +121,7 @@ def main() -> None:
     n_keys, n_other = len(keys), args.frames - len(keys)
     t = result.timings
     row = {
-        "method": f"rerender ({args.schedule}, {result.info['unet_calls']} UNet calls)",
+        "method": f"rerender ({args.schedule}, {result.info['unet_calls']} UNet calls, {args.propagation} propagation)",
         "seconds_per_key_frame": t.get("sampling", 0.0) / n_keys,
         "seconds_per_propagated_frame": t.get("propagation", 0.0) / n_other if n_other else None,
         "seconds_per_frame": wall / args.frames,
@@ -134,7 +138,7 @@ def main() -> None:
     record = {"benchmark": "rerender", "backbone": bb.describe(), "device_name": device_name,
               "frames": args.frames, "size": args.size, "key_interval": args.key_interval, "key_frames": keys,
               "steps": args.steps, "x0_strength": editor.x0_strength, "compile": args.compile,
-              "schedule": args.schedule, "timings": t, "results": rows,
+              "schedule": args.schedule, "propagation": args.propagation, "timings": t, "results": rows,
               "targets_h100": {"seconds_per_key_frame": 1.0, "seconds_per_frame_at_k10": 0.25}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
@@ -142,13 +146,13 @@ def main() -> None:
     print(f"\nrerender benchmark: {args.backbone} {args.dtype} on {device_name}, {args.frames} frames "
           f"{args.size}x{args.size}, K={args.key_interval} (key frames {keys}), {args.steps} steps"
           + (", compiled" if args.compile else ""))
-    header = f"{'method':<48} {'s/key frame':>12} {'s/propagated':>13} {'s/frame':>9} {'peak GiB':>9}"
+    header = f"{'method':<64} {'s/key frame':>12} {'s/propagated':>13} {'s/frame':>9} {'peak GiB':>9}"
     print(header + "\n" + "-" * len(header))
     for r in rows:
         def fmt(key: str, width: int) -> str:
             v = r.get(key)
             return f"{v:>{width}.3f}" if isinstance(v, float) else f"{'-':>{width}}"
-        print(f"{r['method']:<48} {fmt('seconds_per_key_frame', 12)} {fmt('seconds_per_propagated_frame', 13)} "
+        print(f"{r['method']:<64} {fmt('seconds_per_key_frame', 12)} {fmt('seconds_per_propagated_frame', 13)} "
               f"{fmt('seconds_per_frame', 9)} {fmt('peak_memory_gib', 9)}")
     print(f"targets (one H100): <= 1.0 s per key frame, <= 0.25 s per frame at K=10; results in {args.out}")
 

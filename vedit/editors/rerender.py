@@ -4,9 +4,11 @@ Key frames (every `key_interval`-th frame, plus the last frame so that every oth
 between two key frames) are translated one after the other with SD 1.5 + ControlNet (Canny or HED
 edges), DDIM, classifier-free guidance, starting from the input frame's latent noised to
 `x0_strength` (SDEdit: denoising starts at step int(steps * (1 - x0_strength))). Every key frame
-uses the same seeded noise. The hierarchical cross-frame constraints (paper Sec. 4.1, Fig. 4b),
-each a switch with its period given as fractions of the schedule (inclusive step ranges
-[int(p0 * steps), int(p1 * steps)], as the reference implementation counts them):
+uses the same seeded noise. The prompt is the target prompt followed by `added_prompt`, the
+unconditional branch uses `negative_prompt` (the released code's strings). The hierarchical
+cross-frame constraints (paper Sec. 4.1, Fig. 4b), each a switch with its period given as
+fractions of the schedule, each end inclusive or not as the released code compares it
+(`period_steps`, `PERIOD_ENDS`; at 20 steps: shape fusion 0..2, pixel fusion 11..15, AdaIN 16..19):
 
 - cross-frame attention (all steps): in every decoder self-attention layer the keys/values come
   from [first key frame; previous key frame] at the same step and guidance branch (the current
@@ -27,10 +29,15 @@ each a switch with its period given as fractions of the schedule (inclusive step
 - colour (AdaIN), period (0.8, 1.0): the predicted x0 is matched to the first key frame's
   per-channel mean and std at the same step.
 
-Flow between key frames: the dataset/estimator gives flows between adjacent frames; the flow from
-key frame k to an earlier key frame j is their backward chain (`vedit.ops.warp.chain_to_first`
-over frames j..k), occluded where the chain breaks. Occlusion masks are dilated (9x9) and blurred
-(Gaussian, kernel 9, sigma 18) before blending, as in the reference implementation.
+Flow between key frames (`key_flow`): `direct` (default, as the paper and released code) estimates
+the flow from key frame k straight to the first key frame and to the previous key frame
+(`Estimators.flow_between`); `chained` composes the adjacent-frame flows instead
+(`vedit.ops.warp.chain_to_first`), occluded where the chain breaks. Occlusion masks are dilated
+(9x9) and blurred (Gaussian, kernel 9, sigma 18) before blending, as in the reference implementation.
+
+Colour correction (off by default): the inputs' Lab histograms are matched to a translation of frame
+0 from pure noise (paper Sec. 5.4), then the input's luminosity is put back (`restore_luminosity`, as
+the released code's luminosity blend does).
 
 Schedules: `sequential` is the loop above, one key frame and one guidance pair per UNet call.
 `wavefront` (default) runs the same per-frame arithmetic with independent work batched into one
@@ -45,6 +52,7 @@ synthesis and temporal-aware blending).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -65,6 +73,17 @@ from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
 
 SCHEDULES = ("wavefront", "sequential")
+KEY_FLOWS = ("direct", "chained")
+ADDED_PROMPT = "best quality, extremely detailed"
+NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+                   "cropped, worst quality, low quality")
+PROPAGATION_PARAMS = set(inspect.signature(propagate_keyframes).parameters) - {
+    "source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed"}
+# The released code's EbSynth binary call (video_blend.py): 12 search/vote iterations per level with the
+# style term at weight 1 (its default), pyramid down to a short side of 2 * patch_size + 1 = 11 px.
+EBSYNTH_PROPAGATION = {"style_weight": 1.0, "search_vote_iters": 12, "coarsest_side": 11}
+# (start inclusive, end inclusive) per period, as the released code compares steps with steps * period
+PERIOD_ENDS = {"shape_fusion": (True, True), "pixel_fusion": (False, False), "color_adain": (True, True)}
 SHAPE_FUSION = {"enabled": True, "period": (0.0, 0.1)}
 PIXEL_FUSION = {"enabled": True, "period": (0.5, 0.8), "mask_strength": 0.5, "inner_strength": 0.9,
                 "smooth_boundary": True, "fidelity_threshold": 0.25}
@@ -73,10 +92,16 @@ COLOR_ADAIN = {"enabled": True, "period": (0.8, 1.0)}
 
 # ----------------------------------------------------------------------------- building blocks
 
-def step_range(period: tuple[float, float] | list[float], steps: int) -> range:
-    """Step indices of a period given as fractions of the schedule, both ends inclusive."""
-    p0, p1 = period
-    return range(int(p0 * steps + 1e-6), int(p1 * steps + 1e-6) + 1)
+def period_steps(period: tuple[float, float] | list[float], steps: int,
+                 ends: tuple[bool, bool] = (True, True)) -> range:
+    """Step indices i with steps * p0 <= i <= steps * p1, each end inclusive or exclusive per `ends`.
+
+    The released code's comparisons: shape fusion and AdaIN include both ends, pixel fusion excludes
+    both (20 steps, (0.5, 0.8): 11..15)."""
+    lo, hi = period[0] * steps, period[1] * steps
+    first = math.ceil(lo - 1e-6) if ends[0] else math.floor(lo + 1e-6) + 1
+    last = math.floor(hi + 1e-6) if ends[1] else math.ceil(hi - 1e-6) - 1
+    return range(first, last + 1)
 
 
 def start_step(x0_strength: float, steps: int) -> int:
@@ -168,6 +193,21 @@ def match_colour(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
             x[..., c] = np.interp(x[..., c], src_q[:, c], ref_q[:, c])
         out.append(torch.from_numpy(cv2.cvtColor(x, cv2.COLOR_Lab2RGB)).permute(2, 0, 1))
     return torch.stack(out).clamp(0, 1)
+
+
+def restore_luminosity(images: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+    """The luminosity blend mode (W3C compositing SetLum/ClipColor): `images`' hue and saturation with
+    `originals`' luminosity (0.299 R + 0.587 G + 0.114 B). (T, 3, H, W) in [0, 1]."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+
+    def lum(x: torch.Tensor) -> torch.Tensor:
+        return (x * weights).sum(1, keepdim=True)
+
+    out = images + (lum(originals) - lum(images))
+    l, low, high = lum(out), out.amin(1, keepdim=True), out.amax(1, keepdim=True)
+    out = torch.where(low < 0, l + (out - l) * l / (l - low).clamp_min(1e-12), out)
+    out = torch.where(high > 1, l + (out - l) * (1 - l) / (high - l).clamp_min(1e-12), out)
+    return out.clamp(0, 1)
 
 
 class KeyFrameAttention:
@@ -362,7 +402,8 @@ class RerenderEditor(Editor):
                  shape_fusion: dict | None = None, pixel_fusion: dict | None = None,
                  color_adain: dict | None = None, color_correction: bool = False,
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
-                 sampling_batch_size: int | None = None) -> None:
+                 sampling_batch_size: int | None = None, added_prompt: str = ADDED_PROMPT,
+                 negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
         if not 0.0 < x0_strength <= 1.0:
             raise EditorError(f"rerender: x0_strength={x0_strength} must be in (0, 1] (1 = start from pure noise)")
@@ -372,6 +413,8 @@ class RerenderEditor(Editor):
             raise EditorError(f"rerender: control={control!r} is unknown; use 'canny' or 'hed'")
         if schedule not in SCHEDULES:
             raise EditorError(f"rerender: schedule={schedule!r} is unknown; use one of {SCHEDULES}")
+        if key_flow not in KEY_FLOWS:
+            raise EditorError(f"rerender: key_flow={key_flow!r} is unknown; use one of {KEY_FLOWS}")
         if sampling_batch_size is not None and int(sampling_batch_size) < 1:
             raise EditorError(f"rerender: sampling_batch_size={sampling_batch_size} must be >= 1 (or null = no limit)")
         self.steps, self.guidance_scale, self.x0_strength = steps, guidance_scale, x0_strength
@@ -383,18 +426,34 @@ class RerenderEditor(Editor):
         self.color_adain = _switch("color_adain", COLOR_ADAIN, color_adain)
         self.color_correction, self.reuse_direct_pass = color_correction, reuse_direct_pass
         self.propagation = dict(propagation or {})
+        unknown = set(self.propagation) - PROPAGATION_PARAMS
+        if unknown:
+            raise EditorError(f"rerender: propagation has unknown keys {sorted(unknown)}; known: {sorted(PROPAGATION_PARAMS)}")
         self.schedule = schedule
         self.sampling_batch_size = None if sampling_batch_size is None else int(sampling_batch_size)
+        self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
+
+    def constraint_steps(self) -> dict[str, list[int]]:
+        """The DDIM steps at which each constraint runs (empty when switched off): its period's steps
+        (ends per PERIOD_ENDS) from the SDEdit start step on."""
+        start = start_step(self.x0_strength, self.steps)
+        windows = {"cross_frame_attention": list(range(start, self.steps)) if self.cross_frame_attention else []}
+        for name, ends in PERIOD_ENDS.items():
+            switch = getattr(self, name)
+            windows[name] = [i for i in period_steps(switch["period"], self.steps, ends)
+                             if start <= i < self.steps] if switch["enabled"] else []
+        return windows
+
+    def prompts(self, task: EditTask) -> tuple[str, str]:
+        """(prompt, negative prompt) of key-frame translation: the target prompt + ', ' + added_prompt."""
+        prompt = task.target_prompt if not self.added_prompt else f"{task.target_prompt}, {self.added_prompt}"
+        return prompt, self.negative_prompt
 
     # -- inputs
 
-    def check_inputs(self, task: EditTask) -> None:
-        super().check_inputs(task)
-        t = task.video.num_frames
-        if self.key_interval >= t:
-            raise EditorError(
-                f"rerender: key_interval={self.key_interval} is not smaller than the {t} frames of video "
-                f"{task.video.id!r}; lower key_interval (at most {t - 1}) or use a longer clip")
+    def key_interval_for(self, task: EditTask) -> int:
+        """key_interval clamped to the clip: at most T - 1, so that the first and last frames are keys."""
+        return max(1, min(self.key_interval, task.video.num_frames - 1))
 
     def _flows(self, task: EditTask) -> dict[str, torch.Tensor]:
         try:
@@ -423,15 +482,18 @@ class RerenderEditor(Editor):
         bb, timer = self.backbone, PhaseTimer(self.backbone.device)
         frames = task.video.frames
         t_count, _, height, width = frames.shape
-        keys = key_frame_indices(t_count, self.key_interval)
+        key_interval = self.key_interval_for(task)
+        keys = key_frame_indices(t_count, key_interval)
+        prompt, negative = self.prompts(task)
         with timer.phase("preprocessing"):
             if self.control == "hed":
                 edges = self.estimators.edges(task, kind="hed")
             else:
                 edges = self.estimators.edges(task, kind="canny", low=self.canny[0], high=self.canny[1])
+            flow_estimator = self.estimators.flow_method_for(task)
             flows = self._flows(task)
-            key_flows = self._key_flows(keys, flows)
-            text = bb.encode_prompt(["", task.target_prompt])  # [uncond; cond]
+            key_flows = self._key_flows(task, keys, flows)
+            text = bb.encode_prompt([negative, prompt])  # [uncond; cond]
         ddim = DDIM(bb.scheduler(), self.steps)
         latent_size = (height // bb.vae_scale, width // bb.vae_scale)
         gen = torch.Generator("cpu").manual_seed(task.seed)
@@ -445,7 +507,9 @@ class RerenderEditor(Editor):
                           for n in self_attention_layers(bb.unet, self.attention_layers)}
         control = edges.float().expand(-1, 3, -1, -1)
         with timer.phase("sampling"):
-            inputs = match_colour(frames, sampler.free_sample(control[:1])[0]) if self.color_correction else frames
+            inputs = frames
+            if self.color_correction:
+                inputs = restore_luminosity(match_colour(frames, sampler.free_sample(control[:1])[0]), frames)
             with attention_processors(bb.unet, processors):
                 translate = sampler.translate_keys_wavefront if wavefront else sampler.translate_keys
                 outputs = translate(keys, inputs, control, key_flows)
@@ -454,11 +518,24 @@ class RerenderEditor(Editor):
         if not torch.isfinite(result).all():
             raise EditorError(f"rerender: the output for video {task.video.id!r} contains NaN/inf; "
                               "run the backbone in float32 or bfloat16 instead of float16")
-        return timer.result(result, key_indices=keys, schedule=self.schedule, unet_calls=sampler.unet_calls)
+        return timer.result(result, key_indices=keys, key_interval=key_interval, schedule=self.schedule,
+                            unet_calls=sampler.unet_calls, prompt=prompt, negative_prompt=negative,
+                            flow_estimator=flow_estimator, key_flow=self.key_flow,
+                            constraint_steps=self.constraint_steps())
 
-    def _key_flows(self, keys: list[int], flows: dict) -> list[tuple]:
+    def _key_flows(self, task: EditTask, keys: list[int], flows: dict) -> list[tuple]:
         """Per key frame after the first: ((flow, occlusion) to the first key frame, (flow, occlusion)
-        to the previous one), chained from the adjacent flows on the editor's device."""
+        to the previous one), on the editor's device; `key_flow` says direct or chained."""
+        if self.key_flow == "direct":
+            pairs = sorted({(keys[0], k) for k in keys[1:]} | {(a, b) for a, b in zip(keys, keys[1:])})
+            direct = self.estimators.flow_between(task, pairs)
+            at = {pair: n for n, pair in enumerate(pairs)}
+
+            def pair(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+                n = at[(a, b)]
+                return (direct["flow_bwd"][n:n + 1].to(self.device), direct["occ_bwd"][n:n + 1].to(self.device))
+
+            return [None] + [(pair(keys[0], k), pair(keys[n], k)) for n, k in enumerate(keys[1:])]
         bwd, occ = flows["flow_bwd"].to(self.device), flows["occ_bwd"].to(self.device)
         to_first = chain_to_first(bwd, occ)
         return [None] + [(flow_from_correspondence(to_first[k:k + 1]), chained_flow(bwd, occ, k, keys[n]))
@@ -474,6 +551,16 @@ class RerenderEditor(Editor):
         return propagate_keyframes(frames.to(dev), keys, outputs.to(dev).float(), **side, **params).cpu()
 
 
+@EDITORS.register("rerender_ebsynth")
+class RerenderEbsynthEditor(RerenderEditor):
+    """`rerender` with propagation as the released code runs the EbSynth binary (EBSYNTH_PROPAGATION)."""
+
+    name = "rerender_ebsynth"
+
+    def __init__(self, backbone, estimators=None, propagation: dict | None = None, **params) -> None:
+        super().__init__(backbone, estimators, propagation={**EBSYNTH_PROPAGATION, **(propagation or {})}, **params)
+
+
 class _Sampler:
     """The key-frame loop of one edit: DDIM with the hierarchical cross-frame constraints."""
 
@@ -482,14 +569,10 @@ class _Sampler:
         self.text, self.noise, self.seed = text, noise, seed
         self.timesteps = ddim.timesteps.to(self.bb.device)
         self.start = start_step(editor.x0_strength, ddim.num_steps)
-        steps = ddim.num_steps
-
-        def steps_of(switch: dict) -> list[int]:
-            return [i for i in step_range(switch["period"], steps) if self.start <= i < steps] if switch["enabled"] else []
-
-        self.shape_steps = set(steps_of(editor.shape_fusion))
-        self.adain_steps = set(steps_of(editor.color_adain))
-        self.pixel_steps = steps_of(editor.pixel_fusion)
+        windows = editor.constraint_steps()
+        self.shape_steps = set(windows["shape_fusion"])
+        self.adain_steps = set(windows["color_adain"])
+        self.pixel_steps = windows["pixel_fusion"]
         self.attention = KeyFrameAttention()
         self.wave_attention = WavefrontAttention()
         self.first_x0: dict[int, torch.Tensor] = {}

@@ -17,8 +17,9 @@ from vedit.errors import EstimatorError
 from vedit.estimators.cache import DiskCache, KeyedDiskCache, model_fingerprint
 from vedit.estimators.depth import DEPTH_METHODS, dpt_depth
 from vedit.estimators.edges import EDGE_METHODS, canny_edges, hed_edges, load_hed
-from vedit.estimators.flow import FLOW_KEYS, FLOW_METHODS, dis_flow, load_raft, raft_flow
-from vedit.ops.warp import chain_to_first, occlusion_masks
+from vedit.estimators.flow import (FLOW_KEYS, FLOW_METHODS, dis_flow, dis_flow_pairs, load_raft, raft_flow,
+                                   raft_flow_pairs)
+from vedit.ops.warp import chain_to_first, occlusion_masks, pixel_grid
 from vedit.task import EditTask
 
 FLOW_CHUNK = 8  # frame pairs per occlusion check
@@ -103,6 +104,39 @@ class Estimators:
         stored = self._cached(task, f"flow-{method}", params, with_occlusion)
         return {k: v.to(dtype) for k, v in stored.items()}
 
+    def flow_between(self, task: EditTask, pairs: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Flow directly between frames a and b of each pair (a < b), not chained over the frames between.
+
+        flow_fwd (N, 2, H, W): pixel p of frame a moves to p + flow_fwd in frame b; flow_bwd: pixel p of
+        frame b comes from p + flow_bwd in frame a; occ_fwd / occ_bwd (N, 1, H, W) by the forward-backward
+        check. Ground truth (the synthetic dataset) is exact only for adjacent frames, so there the
+        adjacent flows are chained (`chain_to_first`, occluded where the chain breaks).
+        """
+        pairs = [(int(a), int(b)) for a, b in pairs]
+        t = task.video.num_frames
+        bad = [p for p in pairs if not 0 <= p[0] < p[1] < t]
+        if bad:
+            raise EstimatorError(f"flow_between for video {task.video.id!r}: pairs {bad} must be (a, b) with "
+                                 f"0 <= a < b < {t}")
+        method = self.flow_method_for(task)
+        if method == "gt":
+            adjacent = self.flow(task)
+            return _chained_pairs(adjacent, pairs)
+        if method == "dis":
+            params, compute = {"preset": "medium", "pairs": pairs}, lambda: dis_flow_pairs(task.video.frames, pairs)
+        else:
+            model = self._raft()
+            params = {"model": self.raft_name, "weights": model_fingerprint(model), "iters": self.raft_iters,
+                      "pairs": pairs}
+            compute = lambda: raft_flow_pairs(task.video.frames, pairs, model, self.raft_iters)  # noqa: E731
+
+        def with_occlusion() -> dict[str, torch.Tensor]:
+            fwd, bwd = compute()
+            occ_fwd, occ_bwd = occlusion_masks(fwd, bwd)
+            return {"flow_fwd": fwd, "flow_bwd": bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}
+
+        return self._cached(task, f"flow-pairs-{method}", params, with_occlusion)
+
     def flow_method_for(self, task: EditTask) -> str:
         """The flow estimator that actually runs for this task ("gt", "raft" or "dis"), never "auto".
 
@@ -173,3 +207,19 @@ class Estimators:
     def _no_gt(task: EditTask, what: str, instead: str) -> str:
         source = f"dataset {task.dataset!r}" if task.dataset else "its dataset"
         return f"video {task.video.id!r}: {source} provides no ground-truth {what}; use {instead}"
+
+
+def _chained_pairs(adjacent: dict[str, torch.Tensor], pairs: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Pair flows (as `Estimators.flow_between`) chained from adjacent-frame flows."""
+    grid = None
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in FLOW_KEYS}
+    for a, b in pairs:
+        # backward: frame b's pixels into frame a; forward: the same chain over the reversed clip
+        to_a = chain_to_first(adjacent["flow_bwd"][a:b], adjacent["occ_bwd"][a:b])[-1:]
+        to_b = chain_to_first(adjacent["flow_fwd"][a:b].flip(0), adjacent["occ_fwd"][a:b].flip(0))[-1:]
+        for coords, flow_key, occ_key in ((to_b, "flow_fwd", "occ_fwd"), (to_a, "flow_bwd", "occ_bwd")):
+            if grid is None:
+                grid = pixel_grid(*coords.shape[-2:], coords.dtype, coords.device)
+            out[occ_key].append(torch.isnan(coords[:, :1]).float())
+            out[flow_key].append(torch.nan_to_num(coords - grid, nan=0.0))
+    return {k: torch.cat(v) for k, v in out.items()}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vedit.errors import EstimatorError
-from vedit.video import frames_to_uint8
+from vedit.video import frames_to_uint8, to_float
 
 FLOW_KEYS = ("flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd")
 FLOW_METHODS = ("auto", "raft", "dis", "gt")
@@ -79,3 +79,38 @@ def raft_flow(frames: torch.Tensor, model: torch.nn.Module, iters: int = 12, bat
         n = len(chunk) - 1
         fwd[i:i + n], bwd[i:i + n] = flow[:n], flow[n:]
     return fwd, bwd
+
+
+# ----------------------------------------------------------------------------- arbitrary frame pairs
+
+def dis_flow_pairs(frames: torch.Tensor, pairs: list[tuple[int, int]],
+                   preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV DIS flow directly between frames a and b of each pair -> (a to b, b to a), (N, 2, H, W)."""
+    used = sorted({i for pair in pairs for i in pair})
+    gray = {i: cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) for i, img in zip(used, frames_to_uint8(frames[used]))}
+    dis = cv2.DISOpticalFlow_create(preset)
+    ab = [dis.calc(gray[a], gray[b], None) for a, b in pairs]
+    ba = [dis.calc(gray[b], gray[a], None) for a, b in pairs]
+    return (torch.from_numpy(np.stack(ab)).permute(0, 3, 1, 2).float(),
+            torch.from_numpy(np.stack(ba)).permute(0, 3, 1, 2).float())
+
+
+@torch.no_grad()
+def raft_flow_pairs(frames: torch.Tensor, pairs: list[tuple[int, int]], model: torch.nn.Module, iters: int = 12,
+                    batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """RAFT flow directly between frames a and b of each pair -> (a to b, b to a), (N, 2, H, W).
+
+    Padding as `raft_flow` (replicate, to a multiple of 8 and at least 128)."""
+    device = next(model.parameters()).device
+    h, w = frames.shape[-2:]
+    pad = (0, max(128, w + (-w) % 8) - w, 0, max(128, h + (-h) % 8) - h)
+    first = [a for a, _ in pairs] + [b for _, b in pairs]
+    second = [b for _, b in pairs] + [a for a, _ in pairs]
+    flows = []
+    for i in range(0, len(first), batch_size):
+        x = F.pad(to_float(frames[first[i:i + batch_size]]) * 2 - 1, pad, mode="replicate").to(device)
+        y = F.pad(to_float(frames[second[i:i + batch_size]]) * 2 - 1, pad, mode="replicate").to(device)
+        flows.append(model(x, y, num_flow_updates=iters)[-1].float().cpu())
+    flow = torch.cat(flows)[..., :h, :w]
+    n = len(pairs)
+    return flow[:n].contiguous(), flow[n:].contiguous()

@@ -1,23 +1,26 @@
-"""Temporal-aware blending of two propagated results (EbSynth's scheme as Rerender-A-Video uses it).
+"""Temporal-aware blending of two propagated results (Rerender-A-Video Sec. 4.2.2, as its released code runs it).
 
-1. Per pixel, pick the result with the lower patch error (`select_by_error`): the combined image.
-2. Contrast-preserving blend (`histogram_blend`): the linear blend of the two results (weighted by
-   time, tilted per pixel toward the lower error by `error_aware_weight`)
-   loses contrast wherever they disagree (averaging uncorrelated detail shrinks its variance); its
-   per-channel histogram in CIE Lab is matched exactly to the combined image's, which restores the
-   contrast and colour distribution of the sharp selection while keeping the smooth transition of the
-   blend. (Our reading of "the combined colour image as a histogram reference for contrast-preserving
-   blending" in Rerender-A-Video Sec. 4.2.2; Heitz and Neyret 2018 reach the same goal with Gaussianised
-   variance-preserving weights, which over-boost contrast when the inputs are correlated, as two
-   propagations of neighbouring key frames are.)
-3. Optional screened Poisson blending (`poisson_blend`) toward the gradients of the selected result;
-   off by default, as in Rerender-A-Video.
+A frame between key frames a (earlier) and b (later) has two results, propagated from a and from b,
+each with a per-pixel patch error. With `w` the temporal weight of a's result (`temporal_weight`):
+
+1. Selection (`select_temporal`, the released code's rule): per pixel take b's result where
+   (1 - w) E_a >= w E_b, and keep every pixel that chose b in the previous frame choosing b, the
+   choice carried along the flow. (`select_by_error`, the plain lower error, is the alternative.)
+2. Contrast-preserving blend (`meanstd_blend`, the released code's): each result normalised to zero
+   mean and unit std per Lab channel, blended with weights w and 1 - w, and the blend given the
+   per-channel mean and std of the selected image. `histogram_blend` (ours, opt-in) matches the
+   linear blend's full Lab histograms to the selected image instead.
+3. Optional screened Poisson blending toward the selected image's gradients (`poisson_blend`); off
+   by default, as in the paper.
+`error_aware_weight` (ours, opt-in) tilts w per pixel toward the lower error.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from vedit.ops.warp import backward_warp, outside_frame
 
 _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
                             [0.212671, 0.715160, 0.072169],
@@ -43,10 +46,43 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     return torch.where(lin > 0.0031308, 1.055 * lin ** (1 / 2.4) - 0.055, 12.92 * lin).clamp(0, 1)
 
 
-def select_by_error(first: torch.Tensor, second: torch.Tensor, first_error: torch.Tensor,
-                    second_error: torch.Tensor) -> torch.Tensor:
-    """Per pixel, the image with the lower error. Images (B, C, H, W), errors (B, H, W)."""
-    return torch.where((first_error <= second_error)[:, None], first, second)
+def select_by_error(first_error: torch.Tensor, second_error: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) bool, True where `second` has the lower error. Errors (B, H, W)."""
+    return (second_error < first_error)[:, None]
+
+
+def temporal_weight(offset: int, interval: int) -> float:
+    """Weight of the earlier key frame's result `offset` frames after it, key frames `interval` apart.
+
+    The released code's: (K - j) / (K - 1), so 1 next to the earlier key frame but 1 / (K - 1), not 0,
+    next to the later one."""
+    return 1.0 - (offset - 1) / max(interval - 1, 1)
+
+
+def select_temporal(first_error: torch.Tensor, second_error: torch.Tensor, first_weight: list[float],
+                    flow_bwd: torch.Tensor) -> torch.Tensor:
+    """The released code's selection over the frames between two key frames, in time order.
+
+    Errors (N, H, W) of the results from the earlier (`first`) and later key frame, `first_weight` the N
+    temporal weights, `flow_bwd` (N, 2, H, W) from each frame to the one before it (the first entry
+    unused). Frame n takes the later result where (1 - w) E_first >= w E_second (always where w = 0,
+    never where w = 1), or where frame n - 1 took it at the pixel the flow leads to (nearest).
+    Returns (N, 1, H, W) bool, True = the later key frame's result.
+    """
+    masks: list[torch.Tensor] = []
+    for n, w in enumerate(first_weight):
+        if w >= 1.0:
+            mask = torch.zeros_like(first_error[n:n + 1, None], dtype=torch.bool)
+        elif w <= 0.0:
+            mask = torch.ones_like(first_error[n:n + 1, None], dtype=torch.bool)
+        else:
+            mask = ((1 - w) * first_error[n] >= w * second_error[n])[None, None]
+        if masks:
+            flow = flow_bwd[n:n + 1]
+            carried = backward_warp(masks[-1].to(flow.dtype), flow, mode="nearest") > 0.5
+            mask = mask | (carried & ~outside_frame(flow))
+        masks.append(mask)
+    return torch.cat(masks)
 
 
 def error_aware_weight(first_weight: torch.Tensor | float, first_error: torch.Tensor, second_error: torch.Tensor,
@@ -71,18 +107,44 @@ def histogram_match(image: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
     return out.view_as(image)
 
 
+def _weight(first_weight: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    weight = torch.as_tensor(first_weight, dtype=like.dtype, device=like.device)
+    return weight.view(-1, 1, 1, 1) if weight.ndim == 1 else weight
+
+
 def histogram_blend(first: torch.Tensor, second: torch.Tensor, first_weight: torch.Tensor | float,
                     reference: torch.Tensor) -> torch.Tensor:
-    """Contrast-preserving blend of two RGB images (B, 3, H, W) in [0, 1].
+    """Contrast-preserving blend of two RGB images (B, 3, H, W) in [0, 1] (ours, opt-in).
 
     `first_weight` (scalar or (B,) or (B, 1, H, W)) weighs `first`; the linear blend's Lab histogram
-    is matched to `reference` (the error-selected combination).
+    is matched exactly to `reference` (the selected combination).
     """
-    weight = torch.as_tensor(first_weight, dtype=first.dtype, device=first.device)
-    if weight.ndim == 1:
-        weight = weight.view(-1, 1, 1, 1)
+    weight = _weight(first_weight, first)
     linear = weight * rgb_to_lab(first) + (1 - weight) * rgb_to_lab(second)
     return lab_to_rgb(histogram_match(linear, rgb_to_lab(reference)))
+
+
+def _standardise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True, correction=0).clamp_min(1e-6)
+    return (x - mean) / std, mean, std
+
+
+def meanstd_blend(first: torch.Tensor, second: torch.Tensor, first_weight: torch.Tensor | float,
+                  reference: torch.Tensor) -> torch.Tensor:
+    """The released code's contrast-preserving blend of two RGB images (B, 3, H, W) in [0, 1].
+
+    Per Lab channel: standardise each input (zero mean, unit std), blend with `first_weight` (scalar,
+    (B,) or (B, 1, H, W)), then give the blend `reference`'s mean and std. The blend of two
+    uncorrelated images has less than unit std; the last step restores the contrast.
+    """
+    weight = _weight(first_weight, first)
+    mixed = weight * _standardise(rgb_to_lab(first))[0] + (1 - weight) * _standardise(rgb_to_lab(second))[0]
+    _, mean, std = _standardise(rgb_to_lab(reference))
+    lab = _standardise(mixed)[0] * std + mean
+    low = torch.tensor([0.0, -128.0, -128.0], dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
+    high = torch.tensor([100.0, 127.0, 127.0], dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
+    return lab_to_rgb(torch.maximum(torch.minimum(lab, high), low))  # the 8-bit Lab range the released code clips to
 
 
 def _gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,14 +170,38 @@ def poisson_blend(image: torch.Tensor, grad_x: torch.Tensor, grad_y: torch.Tenso
     return solved[..., :h, :w]
 
 
-def blend_pair(first: torch.Tensor, second: torch.Tensor, first_error: torch.Tensor, second_error: torch.Tensor,
-               first_weight: torch.Tensor | float, poisson: bool = False) -> torch.Tensor:
-    """The full blend of two propagated results (B, 3, H, W) with per-pixel patch errors (B, H, W)."""
-    combined = select_by_error(first, second, first_error, second_error)
-    blended = histogram_blend(first, second, first_weight, combined)
-    if poisson:
-        (fx, fy), (sx, sy) = _gradients(first), _gradients(second)
-        gx = select_by_error(fx, sx, first_error, second_error)
-        gy = select_by_error(fy, sy, first_error, second_error)
-        blended = poisson_blend(blended, gx, gy).clamp(0, 1)
-    return blended
+def released_poisson(image: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                     choose_second: torch.Tensor) -> torch.Tensor:
+    """The released code's gradient blend: in Lab, gradients from the selected result (clipped to the
+    8-bit Lab equivalent of +-100), weights 2.5 (L) and 0.5 (a, b) against 1 for the blended image."""
+    lab = rgb_to_lab(image)
+    scale = torch.tensor([100 / 255, 1.0, 1.0], dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
+    (fx, fy), (sx, sy) = _gradients(rgb_to_lab(first)), _gradients(rgb_to_lab(second))
+    gx = torch.where(choose_second, sx, fx).clamp(-100 * scale, 100 * scale)
+    gy = torch.where(choose_second, sy, fy).clamp(-100 * scale, 100 * scale)
+    screen = 1 / torch.tensor([2.5, 0.5, 0.5], dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1) ** 2
+    return lab_to_rgb(poisson_blend(lab, gx, gy, screen))
+
+
+BLEND_MODES = ("meanstd", "histogram", "select", "linear")
+
+
+def blend_pair(first: torch.Tensor, second: torch.Tensor, first_weight: torch.Tensor | float,
+               choose_second: torch.Tensor, mode: str = "meanstd", poisson: bool = False) -> torch.Tensor:
+    """Blend two propagated results (B, 3, H, W) given the selection (B, 1, H, W) bool, True = `second`.
+
+    mode: "meanstd" (the released code), "histogram" (ours), "select" (the selection itself) or
+    "linear" (the plain weighted mean)."""
+    selected = torch.where(choose_second, second, first)
+    if mode == "meanstd":
+        blended = meanstd_blend(first, second, first_weight, selected)
+    elif mode == "histogram":
+        blended = histogram_blend(first, second, first_weight, selected)
+    elif mode == "select":
+        blended = selected
+    elif mode == "linear":
+        weight = _weight(first_weight, first)
+        blended = weight * first + (1 - weight) * second
+    else:
+        raise ValueError(f"blend_pair: mode={mode!r} is not one of {BLEND_MODES}")
+    return released_poisson(blended, first, second, choose_second) if poisson else blended

@@ -271,10 +271,12 @@ def pyramid_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]
     return sizes
 
 
-def auto_levels(height: int, width: int, patch_size: int, max_levels: int = 6) -> int:
-    """Levels until the coarsest side would drop below 4 patch widths (EbSynth uses up to 6)."""
+def auto_levels(height: int, width: int, coarsest_side: int) -> int:
+    """As many levels as keep the coarsest level's short side at least `coarsest_side` pixels.
+
+    EbSynth's rule is coarsest_side = 2 * patch_size + 1 (11 px for 5x5 patches)."""
     levels = 1
-    while levels < max_levels and min(height, width) / 2 ** levels >= 4 * patch_size:
+    while levels < 32 and min(height, width) / 2 ** levels >= coarsest_side:
         levels += 1
     return levels
 
@@ -318,10 +320,12 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
                      target_mask: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                      feature_dims: int | None = 32, generator: torch.Generator | None = None,
                      style_weight: float = 0.0, search_vote_iters: int = 1,
-                     weighted_vote: bool = False, vote_guide: Guide | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     weighted_vote: bool = False, vote_guide: Guide | None = None,
+                     coarsest_side: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Synthesise the target in the style of `style` (B, C, Hs, Ws) by guided patch matching.
 
-    Coarse to fine: PatchMatch at each pyramid level from the upsampled NNF of the coarser one; `init`
+    Coarse to fine: PatchMatch at each pyramid level from the upsampled NNF of the coarser one (`levels`
+    None: down to a short side of `coarsest_side`, default 4 patch widths; see `auto_levels`); `init`
     (B, 2, H, W) source coordinates at full resolution (e.g. the flow chain) seeds the coarsest level
     and is re-proposed at every finer one. Returns (stylised target (B, C, H, W), per-pixel patch
     error (B, H, W) at full resolution, NNF (B, 2, H, W)). `feature_dims` compresses the patch
@@ -339,7 +343,7 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
         raise ValueError(f"guided_synthesis: patch_size={patch_size} must be odd")
     b, _, hs, ws = guides[0].source.shape
     h, w = guides[0].target.shape[-2:]
-    levels = levels or auto_levels(min(h, hs), min(w, ws), patch_size)
+    levels = levels or auto_levels(min(h, hs), min(w, ws), coarsest_side or 4 * patch_size)
     target_sizes, source_sizes = pyramid_sizes(h, w, levels), pyramid_sizes(hs, ws, levels)
     blocks = [[g for g in guides if not g.masked], [g for g in guides if g.masked]]
     parts = len(guides) + (style_weight > 0)

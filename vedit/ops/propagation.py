@@ -10,13 +10,14 @@ down to the previous one by guided patch synthesis (`vedit.ops.patchmatch`). Gui
                along the flow chain
 
 and on the source side the key frame's colour, edges, its stylised output and the un-warped ramp.
-The flow chain also seeds the NNF. The final vote is selective (`vedit.ops.patchmatch.selective_vote`):
-each pixel takes the one overlapping-patch proposal whose key-frame colour best matches its own, not
-their mean (on car-turn the mean vote's blur cost ~1 dB per frame). Frames between two key frames get
-both results, blended with `vedit.ops.blend.blend_pair` (lower error per pixel, then a
-contrast-preserving Lab histogram blend) with the temporal weights tilted per pixel toward the lower
-error (`vedit.ops.blend.error_aware_weight`, `blend_temperature`; inf = purely temporal weights).
-`selective_vote=False, blend_temperature=inf` is the method before these two changes.
+The flow chain also seeds the NNF. The vote is EbSynth's plain mean of the overlapping patches.
+Frames between two key frames get both results, blended as the released code does
+(`vedit.ops.blend`: temporal selection carried along the flow, then the Lab mean/std blend).
+
+Opt-in additions of ours (off by default; measured effect in conf/method/rerender.yaml):
+`selective_vote` (each pixel takes the one overlapping-patch proposal whose key-frame colour best
+matches its own, `vedit.ops.patchmatch.selective_vote`) and `blend_temperature` (temporal blend
+weights tilted per pixel toward the lower error, `vedit.ops.blend.error_aware_weight`).
 
 Speed: a frame's temporal guide needs the previous frame's result, so chains are sequential; but all
 chains (forward and backward from every key frame) advance one frame per step in one batch, so a
@@ -31,12 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from vedit.errors import EditorError
-from vedit.ops.blend import blend_pair, error_aware_weight
+from vedit.ops.blend import BLEND_MODES, blend_pair, error_aware_weight, select_by_error, select_temporal, temporal_weight
 from vedit.ops.patchmatch import Guide, guided_synthesis
 from vedit.ops.warp import backward_warp, pixel_grid
 
 DEFAULT_WEIGHTS = {"color": 6.0, "edge": 0.5, "temporal": 0.5, "pos": 2.0}
-BLEND_MODES = ("histogram", "select", "linear")
+SELECTIONS = ("temporal", "error")
 
 
 def laplacian_edges(frames: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,7 @@ def _chains(key_indices: list[int], num_frames: int) -> list[_Chain]:
 
 
 def _check(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tensor,
-           flows: dict[str, torch.Tensor | None], patch_size: int, blend: str) -> None:
+           flows: dict[str, torch.Tensor | None], patch_size: int, blend: str, selection: str) -> None:
     if source.ndim != 4 or source.shape[1] != 3:
         raise EditorError(f"propagate_keyframes: source must be (T, 3, H, W), got {tuple(source.shape)}")
     t, _, h, w = source.shape
@@ -90,29 +91,34 @@ def _check(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tens
         raise EditorError(f"propagate_keyframes: patch_size={patch_size} must be a positive odd number")
     if blend not in BLEND_MODES:
         raise EditorError(f"propagate_keyframes: blend={blend!r} is not one of {BLEND_MODES}")
+    if selection not in SELECTIONS:
+        raise EditorError(f"propagate_keyframes: selection={selection!r} is not one of {SELECTIONS}")
 
 
 def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tensor,
                         flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, occ_fwd: torch.Tensor, occ_bwd: torch.Tensor,
-                        patch_size: int = 5, pyramid_levels: int | None = None, iterations: int = 6,
-                        weights: dict[str, float] | None = None, uniformity: float = 3500.0,
-                        blend: str = "histogram", poisson: bool = False, device: torch.device | str | None = None,
-                        feature_dims: int | None = 32, seed: int = 0, style_weight: float = 0.0,
-                        search_vote_iters: int = 1, weighted_vote: bool = False, selective_vote: bool = True,
-                        blend_temperature: float = 10.0) -> torch.Tensor:
+                        patch_size: int = 5, pyramid_levels: int | None = None, coarsest_side: int | None = None,
+                        iterations: int = 6, weights: dict[str, float] | None = None, uniformity: float = 3500.0,
+                        feature_dims: int | None = 32, style_weight: float = 0.0, search_vote_iters: int = 1,
+                        weighted_vote: bool = False, selective_vote: bool = False, selection: str = "temporal",
+                        blend: str = "meanstd", poisson: bool = False, blend_temperature: float | None = None,
+                        device: torch.device | str | None = None, seed: int = 0) -> torch.Tensor:
     """Fill the non-key frames of a video from its stylised key frames -> (T, 3, H, W) in [0, 1].
 
     source (T, 3, H, W) input frames in [0, 1]; key_outputs (K, 3, H, W) the stylised frames at
     `key_indices`, returned unchanged in their places. Flows and occlusions follow `vedit.task`.
-    `pyramid_levels=None` picks levels down to about 4 patch widths; `iterations` is PatchMatch
-    iterations per level; `feature_dims` the PCA size of patch features (None: full patches; see
-    `vedit.ops.patchmatch.project_features`). `style_weight` > 0 turns on EbSynth's search-and-vote
-    with `search_vote_iters` alternations per level and `weighted_vote` (see `guided_synthesis`; measured
-    no gain on car-turn, so off by default). Runs on `device` (default: the source's), float16 patch
-    features on CUDA.
+    Synthesis (`vedit.ops.patchmatch.guided_synthesis`): `patch_size`; `pyramid_levels` (None: down to
+    a short side of `coarsest_side`, None = 4 patch widths); `iterations` of PatchMatch per search;
+    guide `weights`; `uniformity`; `feature_dims` the PCA size of patch features (None: full
+    patches); `style_weight` > 0 adds EbSynth's style term with `search_vote_iters` search/vote
+    alternations per level; `weighted_vote`, `selective_vote` other votes than the plain mean.
+    Blending (`vedit.ops.blend`): `selection` "temporal" (released code) or "error" (lower error);
+    `blend` one of BLEND_MODES; `poisson`; `blend_temperature` (None: purely temporal weights).
+    Runs on `device` (default: the source's), float16 patch features on CUDA.
     """
     _check(source, key_indices, key_outputs,
-           {"flow_fwd": flow_fwd, "flow_bwd": flow_bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}, patch_size, blend)
+           {"flow_fwd": flow_fwd, "flow_bwd": flow_bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}, patch_size, blend,
+           selection)
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     device = torch.device(device) if device is not None else source.device
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -151,7 +157,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
                                        iterations, uniformity, init=init, target_mask=1 - occ, dtype=dtype,
                                        feature_dims=feature_dims, generator=generator, style_weight=style_weight,
                                        search_vote_iters=search_vote_iters, weighted_vote=weighted_vote,
-                                       vote_guide=guides[0] if selective_vote else None)
+                                       vote_guide=guides[0] if selective_vote else None, coarsest_side=coarsest_side)
         for k, (c, i) in enumerate(zip(active, target_idx)):
             results[(i, c.direction)] = (out[k], err[k])
             coords[id(c)], previous[id(c)] = pos[k], out[k]
@@ -161,20 +167,28 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     single = [i for i in range(t) if i not in key_indices and ((i, 1) in results) != ((i, -1) in results)]
     for i in single:
         output[i] = results.get((i, 1), results.get((i, -1)))[0]
-    both = [i for i in range(t) if (i, 1) in results and (i, -1) in results]
-    if both:
-        fwd = torch.stack([results[(i, 1)][0] for i in both])
-        bwd = torch.stack([results[(i, -1)][0] for i in both])
-        fwd_err = torch.stack([results[(i, 1)][1] for i in both])
-        bwd_err = torch.stack([results[(i, -1)][1] for i in both])
-        prev_key = torch.tensor([max(k for k in key_indices if k < i) for i in both], device=device, dtype=torch.float32)
-        next_key = torch.tensor([min(k for k in key_indices if k > i) for i in both], device=device, dtype=torch.float32)
-        fwd_weight = (next_key - torch.tensor(both, device=device, dtype=torch.float32)) / (next_key - prev_key)
-        fwd_weight = error_aware_weight(fwd_weight, fwd_err, bwd_err, blend_temperature)
-        if blend == "histogram":
-            output[both] = blend_pair(fwd, bwd, fwd_err, bwd_err, fwd_weight, poisson)
-        elif blend == "select":
-            output[both] = torch.where((fwd_err <= bwd_err)[:, None], fwd, bwd)
-        else:
-            output[both] = fwd_weight * fwd + (1 - fwd_weight) * bwd
+    for prev, nxt in zip(key_indices, key_indices[1:]):
+        between = list(range(prev + 1, nxt))
+        if between:
+            output[between] = _blend_between(prev, nxt, results, flow_bwd, selection, blend, poisson,
+                                             blend_temperature)
     return output.clamp(0, 1).to(source.device)
+
+
+def _blend_between(prev: int, nxt: int, results: dict, flow_bwd: torch.Tensor, selection: str, blend: str,
+                   poisson: bool, temperature: float | None) -> torch.Tensor:
+    """The frames strictly between key frames prev and nxt from their forward and backward results."""
+    between = list(range(prev + 1, nxt))
+    fwd = torch.stack([results[(i, 1)][0] for i in between])
+    bwd = torch.stack([results[(i, -1)][0] for i in between])
+    fwd_err = torch.stack([results[(i, 1)][1] for i in between])
+    bwd_err = torch.stack([results[(i, -1)][1] for i in between])
+    weights = [temporal_weight(i - prev, nxt - prev) for i in between]
+    if selection == "temporal":
+        choose_bwd = select_temporal(fwd_err, bwd_err, weights, flow_bwd[prev:nxt - 1])
+    else:
+        choose_bwd = select_by_error(fwd_err, bwd_err)
+    fwd_weight = torch.tensor(weights, device=fwd.device, dtype=fwd.dtype)
+    if temperature is not None and temperature != float("inf"):
+        fwd_weight = error_aware_weight(fwd_weight, fwd_err, bwd_err, temperature)
+    return blend_pair(fwd, bwd, fwd_weight, choose_bwd, blend, poisson)
