@@ -344,7 +344,7 @@ def test_a_forty_frame_video_edits_to_forty_frames_with_tuning_on_its_windows(ba
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_a_constant_video_shows_no_seam_at_window_boundaries(backbone, seed):
+def test_a_constant_video_shows_no_seam_at_window_boundaries(backbone, editor, seed):
     """With random tiny weights the motion module's position encodings make frames of one window differ a
     little; blending must keep the change across a window boundary within that within-window change,
     where a hard switch between windows (overlap 0) jumps."""
@@ -353,7 +353,9 @@ def test_a_constant_video_shows_no_seam_at_window_boundaries(backbone, seed):
                     "a blue ball", seed=seed)
 
     def steps_between_frames(overlap: int) -> torch.Tensor:
-        ed = VidMP3Editor(backbone, steps=3, tune_steps=0, guide_resolution=32, window_overlap=overlap)
+        # untuned, the zero-initialised MotionGuide adds nothing: leave it (and its depth maps) out
+        ed = VidMP3Editor(backbone, steps=3, tune_steps=0, motion_guide=False, window_overlap=overlap)
+        ed._unet = editor.unet
         out = ed.edit(task).frames
         return (out[1:] - out[:-1]).abs().mean(dim=(1, 2, 3))
 

@@ -73,9 +73,11 @@ def read_masks(folder: Path, video: Video) -> torch.Tensor | None:
     if len(files) < t:
         log.warning("%s: %d annotation PNGs for %d frames; not used as subject masks", folder, len(files), t)
         return None
-    arrays = [np.asarray(Image.open(f)) for f in files[:t]]
-    masks = torch.from_numpy(np.stack([(a if a.ndim == 2 else a.max(-1)) > 0 for a in arrays]))[:, None].float()
-    if masks.shape[-2:] != (h, w):
-        raise VideoError(f"video {video.id!r}: annotations in {folder} are {masks.shape[-1]}x{masks.shape[-2]}, "
-                         f"frames {w}x{h}; use the annotations of the frames' resolution")
-    return masks
+    masks = []
+    for file in files[:t]:
+        a = np.asarray(Image.open(file))
+        if a.shape[:2] != (h, w):
+            raise VideoError(f"video {video.id!r}: annotation {file} is {a.shape[1]}x{a.shape[0]}, frames {w}x{h}; "
+                             "use the annotations of the frames' resolution")
+        masks.append((a if a.ndim == 2 else a.max(-1)) > 0)
+    return torch.from_numpy(np.stack(masks))[:, None].float()
