@@ -18,6 +18,7 @@ from vedit.backbones import architectures as arch
 from vedit.backbones.weights import CONTROLNET_HED, PAPER_WEIGHTS, SINGLE_FILE_CONFIG, SINGLE_FILE_SUFFIXES
 
 KINDS = ("paper", "tiny", "random")
+SINGLE_FILE_PARTS = ("unet", "vae", "text_encoder")  # what a single-file checkpoint (backbone.paths.checkpoint) holds
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
@@ -154,10 +155,12 @@ def _load_paper(family: str, paths: dict[str, str], controlnet: str, local_files
     parts: dict[str, Any] = {"ids": {}}
     single_files: dict[str, Any] = {}  # single-file checkpoint -> its loaded pipeline
     for name, (model_id, subfolder) in entries.items():
+        if name in SINGLE_FILE_PARTS and "checkpoint" in paths and name not in paths:
+            model_id, subfolder = str(paths["checkpoint"]), name  # a single file, or a diffusers repo / folder
         source = str(paths.get(name, model_id))
         kwargs = {"subfolder": subfolder} if subfolder and source == model_id else {}
         try:
-            if source.endswith(SINGLE_FILE_SUFFIXES) and name in ("unet", "vae", "text_encoder"):
+            if source.endswith(SINGLE_FILE_SUFFIXES) and name in SINGLE_FILE_PARTS:
                 if source not in single_files:
                     single_files[source] = _load_single_file(source, paths.get("config", SINGLE_FILE_CONFIG),
                                                              local_only)

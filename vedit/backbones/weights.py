@@ -3,7 +3,8 @@
 Each entry is a Hub id (or a local path set through the `backbone.paths` config); `subfolder`
 follows the diffusers repository layout. A source ending in .safetensors / .ckpt (a local file or a
 huggingface.co file URL) is a single-file Stable Diffusion checkpoint: its UNet, VAE and text encoder
-are loaded together with diffusers' `from_single_file`, configs from `SINGLE_FILE_CONFIG`.
+are loaded together with diffusers' `from_single_file`, configs from `SINGLE_FILE_CONFIG` (or
+`backbone.paths.config`); `backbone.paths.checkpoint=<file>` sets all three at once.
 """
 
 from __future__ import annotations
