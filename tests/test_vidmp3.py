@@ -364,3 +364,13 @@ def test_a_constant_video_shows_no_seam_at_window_boundaries(backbone, editor, s
     assert blended.max() < 1.3 * within, (blended.max() / within)
     hard = steps_between_frames(0)  # windows (0, 16), (16, 32), (24, 40): a hard switch at 15 -> 16
     assert hard[15] > 1.3 * within, (hard[15] / within)
+
+
+def test_non_square_frames_that_are_multiples_of_8_edit_at_their_size(editor):
+    """The paper edits at the videos' own resolution: nothing assumes a square (48x80: latents 6x10)."""
+    clip = square_clip(3, 80, half=8, velocity=(3.0, 0.0))
+    side = {k: v[..., 16:64, :] for k, v in clip.items()}  # rows 16..63 of an 80x80 scene
+    side["correspondence"] = side["correspondence"] - torch.tensor([0.0, 16.0]).view(1, 2, 1, 1)
+    frames = torch.rand(3, 3, 48, 80, generator=torch.Generator().manual_seed(2))
+    result = editor.edit(EditTask(Video(frames, fps=8.0, id="wide"), "a red square", "a blue ball", side=side))
+    assert result.frames.shape == (3, 3, 48, 80) and torch.isfinite(result.frames).all()
