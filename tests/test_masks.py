@@ -129,7 +129,8 @@ def test_mask_sources():
     assert Estimators().subject_mask(task_with({"mask": mask}))[1] == "dataset"
     got, source = Estimators().subject_mask(task_with({"mask": mask}, dataset="synthetic"))
     assert source == "gt" and got is mask
-    for est, task in [(Estimators(masks="dataset"), task_with()), (Estimators(masks="none"), task_with({"mask": mask}))]:
+    cases = [(Estimators(masks="dataset"), task_with()), (Estimators(masks="none"), task_with({"mask": mask}))]
+    for est, task in cases:
         whole, source = est.subject_mask(task)
         assert source == "none" and whole.shape == (3, 1, 32, 32) and bool((whole == 1).all())
     with pytest.raises(EstimatorError, match="choose one of dataset, salient, none"):

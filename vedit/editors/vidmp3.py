@@ -422,7 +422,8 @@ class VidMP3Editor(Editor):
                     vectors = guide(maps, mask) if guide is not None else {}
                     with timer.phase("inversion"):
                         ddim = DDIM(bb.scheduler(), self.steps)
-                        x_t = ddim.invert(latents, lambda x, t, i: self.eps_video(x[None], t, source, state, vectors)[0])[0]
+                        x_t = ddim.invert(
+                            latents, lambda x, t, i: self.eps_video(x[None], t, source, state, vectors)[0])[0]
                     with timer.phase("sampling"):
                         cfg_text = torch.cat([uncond, target])
 

@@ -172,8 +172,9 @@ class Estimators:
                 self.salient = load_salient(self.salient_model, self.device)
             model, tokenizer = self.salient
             params = {"model": model_fingerprint(model), "prompt": task.source_prompt, "threshold": 0.5}
-            return self._cached(task, "masks-salient", params,
-                                lambda: clipseg_masks(task.video.frames, task.source_prompt, model, tokenizer)), "salient"
+            masks = self._cached(task, "masks-salient", params,
+                                 lambda: clipseg_masks(task.video.frames, task.source_prompt, model, tokenizer))
+            return masks, "salient"
         if self.masks_method == "dataset" and "mask" in task.side:
             return task.side["mask"], "gt" if task.dataset in GROUND_TRUTH_DATASETS else "dataset"
         return whole_frame(task.video.frames), "none"
