@@ -278,6 +278,9 @@ def test_bad_inputs_get_clear_errors(backbone, editor):
     clip = square_clip(2, 32, half=4, velocity=(1.0, 0.0))
     with pytest.raises(EditorError, match="first frame is empty"):
         correspondence_colours(clip["correspondence"], torch.zeros(1, 32, 32))
+    empty = {**clip, "mask": torch.zeros_like(clip["mask"])}
+    with pytest.raises(EditorError, match=r"subject mask \(dataset\) of video 'clip' is empty.*estimators.masks"):
+        editor.guide_maps(video_task(n=2, size=32, **empty))
 
 
 def test_bfloat16_edit_tunes_float32_copies_and_restores_the_bfloat16_weights():

@@ -331,6 +331,10 @@ class VidMP3Editor(Editor):
         """MotionGuide input maps (T, C, H, W), the subject mask and its source, on the device."""
         mask, source = self.estimators.subject_mask(task)
         mask = (mask.float() > 0.5).float()
+        if not mask[0].any():
+            raise EditorError(f"vidmp3: the subject mask ({source}) of video {task.video.id!r} is empty in the "
+                              "first frame; MotionGuide needs the subject there: try another estimators.masks "
+                              "(none: the whole frame)")
         corr = self.estimators.correspondence(task) if self.guide_input != "depth" else None
         depth = None
         if self.guide_input != "correspondence":
@@ -417,7 +421,12 @@ class VidMP3Editor(Editor):
                     for p in trainable_parameters(self.unet).values():  # fp32 master copies, originals kept aside
                         p.data = p.data.to(master, copy=True)
                         p.requires_grad_(True)
-                    losses = self.tune(latents, source, state, guide, maps, mask, generator, window_rng)
+                    try:
+                        losses = self.tune(latents, source, state, guide, maps, mask, generator, window_rng)
+                    except torch.OutOfMemoryError as e:
+                        hint = "" if self.gradient_checkpointing else "method.params.gradient_checkpointing=true or "
+                        raise EditorError(f"vidmp3: tuning on video {task.video.id!r} ran out of GPU memory; set "
+                                          f"{hint}a smaller method.params.window") from e
                 with torch.no_grad():
                     vectors = guide(maps, mask) if guide is not None else {}
                     with timer.phase("inversion"):
