@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -39,12 +37,11 @@ def depth_anything_size(h: int, w: int, target: int = 518, multiple: int = 14) -
 
 
 def load_depth_anything(model_id: str = DEPTH_ANYTHING_MODEL, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """DepthAnythingForDepthEstimation from a Hub id or local path; offline it only looks in local caches."""
+    """DepthAnythingForDepthEstimation from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only)."""
     from transformers import DepthAnythingForDepthEstimation
 
-    local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
-        model = DepthAnythingForDepthEstimation.from_pretrained(model_id, local_files_only=local_only)
+        model = DepthAnythingForDepthEstimation.from_pretrained(model_id)
     except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
         raise EstimatorError(
             f"estimators.depth=depth_anything needs weights {model_id!r} and could not load them: "

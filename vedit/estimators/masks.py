@@ -8,19 +8,17 @@ RMBG and its successor need `trust_remote_code`, CLIPSeg does not.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from vedit.errors import EstimatorError
+from vedit.estimators.depth import IMAGENET_MEAN, IMAGENET_STD
 
 MASK_METHODS = ("dataset", "salient", "none")
 MASK_SOURCES = ("dataset", "gt", "salient", "none")  # what a record's editor_info["mask_source"] may say
 GROUND_TRUTH_DATASETS = ("synthetic",)  # generated masks are exact: recorded as "gt", not "dataset"
 SALIENT_MODEL = "CIDAS/clipseg-rd64-refined"
 CLIPSEG_SIZE = 352  # the resolution CLIPSeg was trained at (its processor resizes to it)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def whole_frame(frames: torch.Tensor) -> torch.Tensor:
@@ -30,13 +28,12 @@ def whole_frame(frames: torch.Tensor) -> torch.Tensor:
 
 
 def load_salient(model_id: str = SALIENT_MODEL, device: str | torch.device = "cpu") -> tuple:
-    """(CLIPSeg model, tokenizer) from a Hub id or local path; offline it only looks in local caches."""
+    """(CLIPSeg model, tokenizer) from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only)."""
     from transformers import CLIPSegForImageSegmentation, CLIPTokenizer
 
-    local_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
-        model = CLIPSegForImageSegmentation.from_pretrained(model_id, local_files_only=local_only)
-        tokenizer = CLIPTokenizer.from_pretrained(model_id, local_files_only=local_only)
+        model = CLIPSegForImageSegmentation.from_pretrained(model_id)
+        tokenizer = CLIPTokenizer.from_pretrained(model_id)
     except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
         raise EstimatorError(
             f"salient masks need CLIPSeg weights {model_id!r} and could not load them: {type(e).__name__}: "
