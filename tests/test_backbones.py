@@ -48,3 +48,22 @@ def test_bad_backbone_arguments_are_named():
         build_backbone("huge", "sd15")
     with pytest.raises(ValueError, match="family='sd3'"):
         build_backbone("tiny", "sd3")
+
+
+def test_vidmp3_paper_backbone_is_chilloutmix_from_a_single_file(monkeypatch, tmp_path):
+    from vedit.backbones.weights import CHILLOUTMIX, PAPER_WEIGHTS
+
+    assert all(PAPER_WEIGHTS["sd15-animatediff"][k][0] == CHILLOUTMIX for k in ("unet", "vae", "text_encoder"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(BackboneUnavailable) as e:
+        build_backbone("paper", "sd15-animatediff")
+    msg = str(e.value)
+    assert "swl-models/chilloutmix" in msg and "Chilloutmix-non-ema-fp16.safetensors" in msg
+    assert "huggingface-cli download swl-models/chilloutmix Chilloutmix-non-ema-fp16.safetensors" in msg
+    assert "backbone.paths.unet" in msg and "single .safetensors" in msg
+    for paths in ({"unet": "/nowhere/chilloutmix.safetensors"}, {"checkpoint": "/nowhere/chilloutmix.safetensors"}):
+        with pytest.raises(BackboneUnavailable, match=r"unet weights '/nowhere/chilloutmix.safetensors'"):
+            build_backbone("paper", "sd15-animatediff", paths=paths)
+    with pytest.raises(BackboneUnavailable, match=r"unet weights '/nowhere/sd15' \(subfolder 'unet'\)"):
+        build_backbone("paper", "sd15-animatediff", paths={"checkpoint": "/nowhere/sd15"})

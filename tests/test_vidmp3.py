@@ -13,6 +13,7 @@ from vedit.editors.vidmp3 import (GUIDE_CHANNELS, GuideState, MotionGuideAttnPro
                                   correspondence_colours, guide_input, sparse_causal_kv,
                                   temporal_attention_layers, trainable_parameters)
 from vedit.ops.attention import InjectedKVAttnProcessor, attention_processors
+from vedit.ops.windows import blend_windows, temporal_windows, window_weights
 from vedit.task import EditTask
 from vedit.video import Video
 
@@ -25,7 +26,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def editor(backbone):
-    return VidMP3Editor(backbone, steps=2, tune_steps=2, tune_stride=1, guide_resolution=32)
+    return VidMP3Editor(backbone, steps=2, tune_steps=2, guide_resolution=32)
 
 
 def square_clip(n: int, size: int, half: int, velocity: tuple[float, float], depth_step: float = 0.05,
@@ -47,6 +48,13 @@ def square_clip(n: int, size: int, half: int, velocity: tuple[float, float], dep
 def video_task(n: int = 4, size: int = 64, **side) -> EditTask:
     frames = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
     return EditTask(Video(frames, fps=8.0, id="clip"), "a red square", "a blue ball", seed=0, side=side)
+
+
+def synthetic_task(frames: int) -> EditTask:
+    from vedit.data.synthetic import SyntheticDataset
+
+    item = SyntheticDataset(num_videos=1, num_frames=frames, size=(64, 64), seed=0).load("synthetic_000")
+    return EditTask(item.video, item.source_prompt, item.edit_prompts[0], seed=0, side=item.side, dataset="synthetic")
 
 
 def unet_out(editor: VidMP3Editor, state: GuideState, procs: dict, x: torch.Tensor, text: torch.Tensor):
@@ -227,16 +235,14 @@ def test_tuning_lowers_the_loss_and_changes_only_the_listed_parameters(backbone)
 
 
 def test_edit_on_a_synthetic_video_completes_and_restores_the_weights(backbone, editor):
-    synthetic = pytest.importorskip("vedit.data.synthetic")
-    item = next(iter(synthetic.SyntheticDataset(num_videos=1, num_frames=4, size=(64, 64), seed=0)))
-    task = EditTask(item.video, item.source_prompt, item.edit_prompts[0], seed=0, side=item.side)
+    task = synthetic_task(4)
     unet_before = {k: v.clone() for k, v in editor.unet.state_dict().items()}
     backbone_before = {k: v.clone() for k, v in backbone.unet.state_dict().items()}
     result = editor.edit(task)
     assert result.frames.shape == (4, 3, 64, 64)
     assert torch.isfinite(result.frames).all() and result.frames.min() >= 0 and result.frames.max() <= 1
     assert set(result.timings) == {"preprocessing", "tuning", "inversion", "sampling"}
-    assert result.info["guide_mask"] == "estimator" and result.info["tune_frames"] == [0, 1, 2, 3]
+    assert result.info["mask_source"] == "gt" and result.info["windows"] == [[0, 4]]
     for k, v in editor.unet.state_dict().items():
         assert torch.equal(v, unet_before[k]), k
     assert all(not p.requires_grad for p in editor.unet.parameters())
@@ -248,37 +254,126 @@ def test_without_a_subject_mask_the_whole_frame_is_the_subject(editor):
     clip = square_clip(4, 64, half=6, velocity=(2.0, 1.0))
     task = video_task(depth=clip["depth"], correspondence=clip["correspondence"])
     maps, mask, source = editor.guide_maps(task)
-    assert source == "whole-frame" and mask.shape == (4, 1, 64, 64) and bool((mask == 1).all())
+    assert source == "none" and mask.shape == (4, 1, 64, 64) and bool((mask == 1).all())
     assert maps.shape == (4, 3, 64, 64) and torch.isfinite(maps).all()
     with_mask = editor.guide_maps(video_task(**clip))
-    assert with_mask[2] == "estimator" and with_mask[1].sum() < mask.sum()
-
-
-def test_tuning_frames_are_strided_and_capped(backbone):
-    ed = VidMP3Editor(backbone, tune_frames=16, tune_stride=4)
-    assert ed.tune_indices(70) == list(range(0, 64, 4))
-    assert ed.tune_indices(10) == [0, 4, 8]
+    assert with_mask[2] == "dataset" and with_mask[1].sum() < mask.sum()
 
 
 def test_bad_inputs_get_clear_errors(backbone, editor):
-    long = video_task(n=editor.max_frames + 1, size=16)
-    with pytest.raises(EditorError, match=r"at most 32 frames"):
-        editor.check_inputs(long)
+    too_wide = VidMP3Editor(backbone, window=editor.max_frames + 1)
+    too_wide._unet = editor.unet
+    with pytest.raises(EditorError, match=r"window=33.*at most 32 frames.*window <= 32"):
+        too_wide.check_inputs(video_task(n=4, size=16))
+    editor.check_inputs(video_task(n=editor.max_frames + 8, size=16))  # long videos run in windows
     with pytest.raises(ValueError, match="guide_input"):
         VidMP3Editor(backbone, guide_input="sum")
+    with pytest.raises(ValueError, match="window_overlap=16"):
+        VidMP3Editor(backbone, window=16, window_overlap=16)
+    with pytest.raises(ValueError, match="window_weighting"):
+        VidMP3Editor(backbone, window_weighting="gauss")
     plain = build_backbone("tiny", "sd15", seed=0)
     with pytest.raises(EditorError, match="sd15-animatediff"):
         VidMP3Editor(plain).unet
     clip = square_clip(2, 32, half=4, velocity=(1.0, 0.0))
     with pytest.raises(EditorError, match="first frame is empty"):
         correspondence_colours(clip["correspondence"], torch.zeros(1, 32, 32))
+    empty = {**clip, "mask": torch.zeros_like(clip["mask"])}
+    with pytest.raises(EditorError, match=r"subject mask \(dataset\) of video 'clip' is empty.*estimators.masks"):
+        editor.guide_maps(video_task(n=2, size=32, **empty))
 
 
 def test_bfloat16_edit_tunes_float32_copies_and_restores_the_bfloat16_weights():
     bb = build_backbone("tiny", "sd15-animatediff", dtype="bfloat16", seed=0)
-    ed = VidMP3Editor(bb, steps=1, tune_steps=1, tune_stride=1, guide_resolution=32)
+    ed = VidMP3Editor(bb, steps=1, tune_steps=1, guide_resolution=32)
     before = {k: v.clone() for k, v in ed.unet.state_dict().items()}
     result = ed.edit(video_task(n=3, **square_clip(3, 64, half=8, velocity=(2.0, 0.0))))
     assert torch.isfinite(result.frames).all() and result.info["tune_loss_first"] is not None
     for k, v in ed.unet.state_dict().items():
         assert v.dtype == torch.bfloat16 and torch.equal(v, before[k]), k
+
+
+# ------------------------------------------------------------------ whole videos: overlapping windows
+
+def test_windows_and_their_weights_known_answers():
+    assert temporal_windows(16, 16, 4) == [(0, 16)] and temporal_windows(5, 16, 4) == [(0, 5)]
+    assert temporal_windows(40, 16, 4) == [(0, 16), (12, 28), (24, 40)]
+    assert temporal_windows(50, 16, 4) == [(0, 16), (12, 28), (24, 40), (34, 50)]  # last window ends at the end
+    assert temporal_windows(80, 16, 4)[-1] == (64, 80)
+    assert window_weights(4).tolist() == [1, 2, 2, 1] and window_weights(5).tolist() == [1, 2, 3, 2, 1]
+    assert window_weights(16)[12:].tolist() == [4, 3, 2, 1] and window_weights(3, "flat").tolist() == [1, 1, 1]
+    # window k predicts the constant k: frames seen by one window keep its value, overlaps cross-fade
+    windows = temporal_windows(40, 16, 4)
+    out = blend_windows(lambda s, e: torch.full((2, e - s, 3), float(windows.index((s, e)))), 40, windows,
+                        window_weights(16), dim=1)
+    assert out.shape == (2, 40, 3) and bool((out == out[:, :, :1]).all())
+    expected = [0.0] * 12 + [1 / 5, 2 / 5, 3 / 5, 4 / 5] + [1.0] * 8 + [6 / 5, 7 / 5, 8 / 5, 9 / 5] + [2.0] * 12
+    torch.testing.assert_close(out[0, :, 0], torch.tensor(expected))
+    with pytest.raises(ValueError, match="cover"):
+        blend_windows(lambda s, e: torch.zeros(e - s), 10, [(0, 4), (6, 10)], window_weights(4), dim=0)
+    with pytest.raises(ValueError, match="overlap"):
+        temporal_windows(40, 16, 16)
+
+
+def test_video_noise_prediction_is_the_weighted_mean_of_the_windows_predictions(backbone, editor):
+    x = torch.randn(1, 20, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = backbone.encode_prompt("a red square")
+    widths = {editor.unet.get_submodule(n).to_v.in_features for n in temporal_attention_layers(editor.unet)}
+    vectors = {w: torch.randn(20, w, generator=torch.Generator().manual_seed(w)) for w in widths}
+    state = GuideState(weight=0.1)
+    with torch.no_grad(), attention_processors(editor.unet, editor.processors(state)):
+        video = editor.eps_video(x, 500, text, state, vectors)
+        per_window = []
+        for s, e in [(0, 16), (4, 20)]:
+            state.num_frames, state.vectors = e - s, {w: v[s:e] for w, v in vectors.items()}
+            per_window.append(editor.eps(x[:, s:e], 500, text))
+    a, b = per_window
+    torch.testing.assert_close(video[:, :4], a[:, :4])  # frames only the first window sees
+    torch.testing.assert_close(video[:, 16:], b[:, 12:])  # frames only the second window sees
+    # frame 5: position 5 of the first window (weight 6), position 1 of the second (weight 2)
+    torch.testing.assert_close(video[:, 5], (6 * a[:, 5] + 2 * b[:, 1]) / 8)
+    assert (a[:, 5] - b[:, 1]).abs().max() > 1e-3  # the two windows disagree: the blend is not trivial
+
+
+def test_a_forty_frame_video_edits_to_forty_frames_with_tuning_on_its_windows(backbone, editor):
+    result = editor.edit(synthetic_task(40))
+    assert result.frames.shape == (40, 3, 64, 64) and torch.isfinite(result.frames).all()
+    assert result.info["windows"] == [[0, 16], [12, 28], [24, 40]] and result.info["mask_source"] == "gt"
+    ed = VidMP3Editor(backbone, tune_steps=300)
+    schedule = ed.tune_schedule(40, torch.Generator().manual_seed(0))
+    assert len(schedule) == 300 and set(schedule) == set(ed.windows(40))  # every edited window is tuned
+    assert max(schedule.count(w) for w in set(schedule)) < 130  # uniformly (100 expected each)
+    assert ed.tune_schedule(16) == [(0, 16)] * 300  # a clip that fits is tuned whole
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_constant_video_shows_no_seam_at_window_boundaries(backbone, editor, seed):
+    """With random tiny weights the motion module's position encodings make frames of one window differ a
+    little; blending must keep the change across a window boundary within that within-window change,
+    where a hard switch between windows (overlap 0) jumps."""
+    frame = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    task = EditTask(Video(frame.expand(40, -1, -1, -1).clone(), fps=8.0, id="still"), "a red square",
+                    "a blue ball", seed=seed)
+
+    def steps_between_frames(overlap: int) -> torch.Tensor:
+        # untuned, the zero-initialised MotionGuide adds nothing: leave it (and its depth maps) out
+        ed = VidMP3Editor(backbone, steps=3, tune_steps=0, motion_guide=False, window_overlap=overlap)
+        ed._unet = editor.unet
+        out = ed.edit(task).frames
+        return (out[1:] - out[:-1]).abs().mean(dim=(1, 2, 3))
+
+    blended = steps_between_frames(4)
+    within = blended[:11].max()  # frames 0..11: the first window alone, i.e. one clip
+    assert blended.max() < 1.3 * within, (blended.max() / within)
+    hard = steps_between_frames(0)  # windows (0, 16), (16, 32), (24, 40): a hard switch at 15 -> 16
+    assert hard[15] > 1.3 * within, (hard[15] / within)
+
+
+def test_non_square_frames_that_are_multiples_of_8_edit_at_their_size(editor):
+    """The paper edits at the videos' own resolution: nothing assumes a square (48x80: latents 6x10)."""
+    clip = square_clip(3, 80, half=8, velocity=(3.0, 0.0))
+    side = {k: v[..., 16:64, :] for k, v in clip.items()}  # rows 16..63 of an 80x80 scene
+    side["correspondence"] = side["correspondence"] - torch.tensor([0.0, 16.0]).view(1, 2, 1, 1)
+    frames = torch.rand(3, 3, 48, 80, generator=torch.Generator().manual_seed(2))
+    result = editor.edit(EditTask(Video(frames, fps=8.0, id="wide"), "a red square", "a blue ball", side=side))
+    assert result.frames.shape == (3, 3, 48, 80) and torch.isfinite(result.frames).all()

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from vedit.backbones import architectures as arch
-from vedit.backbones.weights import CONTROLNET_HED, PAPER_WEIGHTS
+from vedit.backbones.weights import CONTROLNET_HED, PAPER_WEIGHTS, SINGLE_FILE_CONFIG, SINGLE_FILE_SUFFIXES
 
 KINDS = ("paper", "tiny", "random")
+SINGLE_FILE_PARTS = ("unet", "vae", "text_encoder")  # what a single-file checkpoint (backbone.paths.checkpoint) holds
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
@@ -152,20 +153,48 @@ def _load_paper(family: str, paths: dict[str, str], controlnet: str, local_files
         entries["controlnet"] = (CONTROLNET_HED, None)
     local_only = _offline() if local_files_only is None else local_files_only
     parts: dict[str, Any] = {"ids": {}}
+    single_files: dict[str, Any] = {}  # single-file checkpoint -> its loaded pipeline
     for name, (model_id, subfolder) in entries.items():
-        source = paths.get(name, model_id)
+        if name in SINGLE_FILE_PARTS and "checkpoint" in paths and name not in paths:
+            model_id, subfolder = str(paths["checkpoint"]), name  # a single file, or a diffusers repo / folder
+        source = str(paths.get(name, model_id))
         kwargs = {"subfolder": subfolder} if subfolder and source == model_id else {}
         try:
-            parts[name] = loaders[name].from_pretrained(source, local_files_only=local_only, **kwargs)
+            if source.endswith(SINGLE_FILE_SUFFIXES) and name in SINGLE_FILE_PARTS:
+                if source not in single_files:
+                    single_files[source] = _load_single_file(source, paths.get("config", SINGLE_FILE_CONFIG),
+                                                             local_only)
+                parts[name] = getattr(single_files[source], name)
+            else:
+                parts[name] = loaders[name].from_pretrained(source, local_files_only=local_only, **kwargs)
         except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
             raise BackboneUnavailable(
                 f"backbone=paper needs {name} weights {source!r}"
                 + (f" (subfolder {subfolder!r})" if kwargs else "")
                 + f" and could not load them: {type(e).__name__}: {str(e).splitlines()[0][:200]}\n"
                 "Ways out: (1) put the model in the Hugging Face cache (set HF_HOME to where it is, or run "
-                f"`huggingface-cli download {model_id}` on a machine with network and copy the cache); "
-                f"(2) point to a local copy with backbone.paths.{name}=/path/to/model; "
+                f"`huggingface-cli download {_download_args(model_id)}` on a machine with network and copy the cache); "
+                f"(2) point to a local copy with backbone.paths.{name}=/path/to/model (a diffusers folder, or a "
+                "single .safetensors checkpoint for unet/vae/text_encoder); "
                 "(3) run without real weights with backbone=tiny (CPU, for tests) or backbone=random (GPU, for speed)."
             ) from e
         parts["ids"][name] = source
     return parts
+
+
+def _download_args(model_id: str) -> str:
+    """`huggingface-cli download` arguments for a Hub id or a huggingface.co file URL."""
+    prefix = "https://huggingface.co/"
+    if model_id.startswith(prefix) and "/blob/" in model_id:
+        repo, _, file = model_id[len(prefix):].partition("/blob/")
+        return f"{repo} {file.partition('/')[2]}"
+    return model_id
+
+
+def _load_single_file(path: str, config: str, local_only: bool):
+    """An SD 1.x single-file checkpoint (e.g. Chilloutmix) as a diffusers pipeline, on the CPU."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_single_file(path, config=config, local_files_only=local_only,
+                                                    safety_checker=None, feature_extractor=None,
+                                                    requires_safety_checker=False)

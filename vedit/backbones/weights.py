@@ -1,10 +1,18 @@
 """Weights as a separate registry: which checkpoints the `paper` backbone loads per family.
 
 Each entry is a Hub id (or a local path set through the `backbone.paths` config); `subfolder`
-follows the diffusers repository layout.
+follows the diffusers repository layout. A source ending in .safetensors / .ckpt (a local file or a
+huggingface.co file URL) is a single-file Stable Diffusion checkpoint: its UNet, VAE and text encoder
+are loaded together with diffusers' `from_single_file`, configs from `SINGLE_FILE_CONFIG` (or
+`backbone.paths.config`); `backbone.paths.checkpoint=<file>` sets all three at once.
 """
 
 from __future__ import annotations
+
+# The checkpoint the VidMP3 paper cites (huggingface.co/swl-models/chilloutmix), a single file.
+CHILLOUTMIX = "https://huggingface.co/swl-models/chilloutmix/blob/main/Chilloutmix-non-ema-fp16.safetensors"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # component configs of SD 1.5 checkpoints
 
 PAPER_WEIGHTS: dict[str, dict[str, tuple[str, str | None]]] = {
     # component: (model id, subfolder)
@@ -22,10 +30,10 @@ PAPER_WEIGHTS: dict[str, dict[str, tuple[str, str | None]]] = {
         "tokenizer": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
         "controlnet": ("lllyasviel/sd-controlnet-canny", None),
     },
-    "sd15-animatediff": {  # VidMP3
-        "unet": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
-        "vae": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae"),
-        "text_encoder": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "text_encoder"),
+    "sd15-animatediff": {  # VidMP3: Chilloutmix base weights (SD 1.5 architecture), as the paper
+        "unet": (CHILLOUTMIX, None),
+        "vae": (CHILLOUTMIX, None),
+        "text_encoder": (CHILLOUTMIX, None),
         "tokenizer": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
         "motion_adapter": ("guoyww/animatediff-motion-adapter-v1-5-2", None),
         "depth_estimator": ("Intel/dpt-hybrid-midas", None),  # MotionGuide's depth maps

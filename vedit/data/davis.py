@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,17 @@ from vedit.data.base import Dataset, VideoItem
 from vedit.data.prompts import load_prompts
 from vedit.data.transforms import Transform
 from vedit.registry import DATASETS
-from vedit.video import VideoError
+from vedit.video import Video, VideoError
+
+log = logging.getLogger(__name__)
 
 
 @DATASETS.register("davis")
 class DavisDataset(Dataset):
     """DAVIS sequences with prompts from a YAML (`videos:` or `clips:` layout; missing -> source_prompt None).
 
-    Annotations/<resolution>/<sequence>/*.png, when present, give the subject mask (any object id > 0).
+    Annotations/<resolution>/<sequence>/*.png, when present for every frame read, give the subject
+    mask (any object id > 0), cut, cropped and resized by the transform exactly like the frames.
     """
 
     name = "davis"
@@ -49,24 +53,31 @@ class DavisDataset(Dataset):
         if not folder.is_dir():
             raise VideoError(f"DAVIS sequence {video_id!r} is not in {self.frames_dir}")
         video = self.read(folder, video_id)
-        side = {}
-        masks = self.root / "Annotations" / self.resolution / video_id
-        if masks.is_dir():
-            side["mask"] = read_masks(masks, video.meta.get("decoded_frames", video.num_frames), video_id)
-        return self.item(video, self.prompts.get(video_id), side)
+        masks = read_masks(self.root / "Annotations" / self.resolution / video_id, video)
+        return self.item(video, self.prompts.get(video_id), {} if masks is None else {"mask": masks})
 
     def describe(self) -> dict:
         return {**super().describe(), "root": self.root.name, "split": self.split, "resolution": self.resolution}
 
 
-def read_masks(folder: Path, num_frames: int, video_id: str) -> torch.Tensor:
-    """(T, 1, H, W) {0, 1} from indexed PNGs (any non-zero label is the subject)."""
+def read_masks(folder: Path, video: Video) -> torch.Tensor | None:
+    """(T, 1, H, W) {0, 1} from the first T indexed PNGs of `folder` (any non-zero label is the
+    subject), for the T frames read of `video`; None when the folder is absent or annotates fewer
+    frames (e.g. DAVIS test-dev's first-frame-only annotations), with a warning for the latter."""
     from PIL import Image
 
-    files = sorted(folder.glob("*.png"))[:num_frames]  # the decoded leading frames
-    if len(files) != num_frames:
-        raise VideoError(f"DAVIS sequence {video_id!r}: {len(files)} annotation PNGs for {num_frames} frames "
-                         f"in {folder}")
-    arrays = [np.asarray(Image.open(f)) for f in files]
-    masks = [(a if a.ndim == 2 else a.max(-1)) > 0 for a in arrays]
+    if not folder.is_dir():
+        return None
+    files = sorted(folder.glob("*.png"))
+    t, (h, w) = video.num_frames, video.size
+    if len(files) < t:
+        log.warning("%s: %d annotation PNGs for %d frames; not used as subject masks", folder, len(files), t)
+        return None
+    masks = []
+    for file in files[:t]:
+        a = np.asarray(Image.open(file))
+        if a.shape[:2] != (h, w):
+            raise VideoError(f"video {video.id!r}: annotation {file} is {a.shape[1]}x{a.shape[0]}, frames {w}x{h}; "
+                             "use the annotations of the frames' resolution")
+        masks.append((a if a.ndim == 2 else a.max(-1)) > 0)
     return torch.from_numpy(np.stack(masks))[:, None].float()

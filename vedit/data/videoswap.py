@@ -5,6 +5,7 @@ Accepted layout (ids are "<category>/<video>"):
     root/
       prompts.yaml                      optional global file, `videos:` layout keyed by "<category>/<video>"
       <category>/<video>/frames/00000.jpg ...
+      <category>/<video>/masks/00000.png ...   optional subject masks, one per frame (non-zero = subject)
       <category>/<video>/prompts.yaml   optional per-video file: {source_prompt: ..., edit_prompts: [...]}
 
 A per-video file wins over the global one.
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from vedit.data.base import Dataset, VideoItem
+from vedit.data.davis import read_masks
 from vedit.data.prompts import PromptEntry, load_prompts
 from vedit.data.transforms import Transform
 from vedit.registry import DATASETS
@@ -54,7 +56,9 @@ class VideoSwapDataset(Dataset):
     def load(self, video_id: str) -> VideoItem:
         if video_id not in self.ids:
             raise VideoError(f"videoswap root {self.root} has no video {video_id!r}")
-        return self.item(self.read(self.root / video_id / "frames", video_id), self.prompt_entry(video_id))
+        video = self.read(self.root / video_id / "frames", video_id)
+        masks = read_masks(self.root / video_id / "masks", video)
+        return self.item(video, self.prompt_entry(video_id), {} if masks is None else {"mask": masks})
 
     def describe(self) -> dict:
         return {**super().describe(), "root": self.root.name}

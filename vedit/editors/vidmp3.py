@@ -8,12 +8,19 @@ One edit, top to bottom:
 2. tuning: SD 1.5 inflated with the AnimateDiff motion modules (`UNetMotionModel`), spatial
    self-attention made sparse-causal (frame i attends to frame 1 and frame i-1, Tune-A-Video),
    MotionGuide vectors added to the value input of every temporal self-attention,
-   `V = W_V(z + lambda * g)`. Trained on the source clip (every `tune_stride`-th frame, at most
-   `tune_frames`) with the epsilon loss and the source prompt; trainable: MotionGuide, W_Q of the
-   spatial self- and cross-attention, W_V of the motion modules.
+   `V = W_V(z + lambda * g)`. Trained on the frames it will edit with the epsilon loss and the
+   source prompt; trainable: MotionGuide, W_Q of the spatial self- and cross-attention, W_V of the
+   motion modules.
 3. inversion: DDIM inversion of the source latents with the tuned model (source prompt, no guidance).
 4. sampling: DDIM from the inverted latents with the target prompt, classifier-free guidance and
    the same MotionGuide input.
+
+The clip is the task's video: tuned, inverted and edited frames are the same frames. The paper's
+clip (16 frames at stride 4 from the start, after VideoSwap) is a data option for every method:
+`protocol=vidmp3_clip` (conf/protocol/). Longer videos run in overlapping windows of `window`
+frames (vedit/ops/windows.py): every UNet call sees one window, a plain clip with sparse-causal
+attention inside it; the noise predictions of overlapping frames are averaged with pyramid weights
+at every inversion and sampling step; each tuning iteration takes one of those windows at random.
 
 Choices the paper leaves open (its appendix with the MotionGuide design is not public):
 - Correspondence colours are the frame-1 subject coordinates normalised to the subject's bounding
@@ -26,10 +33,12 @@ Choices the paper leaves open (its appendix with the MotionGuide design is not p
   that pixels outside it stay exactly zero and `mean / alpha` is the mean over the subject. The
   final zero-initialised linear layer is one per channel width of the temporal layers
   (320/640/1280 in SD 1.5), shared by the layers of that width.
-- No subject mask (the mask estimator has none): the whole frame is the subject (alpha = 1); the
-  result's info says so (`guide_mask: "whole-frame"`).
-- More frames than the motion module's positional table (32): an EditorError; cut the clip.
-- The edit covers every frame of the video; tuning sees the strided subset.
+- Subject masks come from `estimators.masks` (dataset annotations, a salient-object model, or
+  none); without one the whole frame is the subject (alpha = 1). The result's info names the
+  source (`mask_source`: dataset | gt | salient | none).
+- Windows: 16 frames (AnimateDiff v1-5-2's training length; the paper's clip), overlap 4. In a
+  window that does not start at frame 1, the sparse-causal anchor is the window's first frame
+  (each window is a clip as in the paper); the overlaps tie the windows together.
 - Classifier-free guidance 7.5 (the paper does not state it; AnimateDiff's default).
 """
 
@@ -44,9 +53,9 @@ from torch import nn
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.errors import EstimatorError
 from vedit.ops.attention import InjectedKVAttnProcessor, attend, attention_processors, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance
+from vedit.ops.windows import WEIGHTINGS, blend_windows, temporal_windows, window_weights
 from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
 
@@ -241,19 +250,22 @@ class VidMP3Editor(Editor):
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  guide_weight: float = 0.1, guide_input: str = "multiply", motion_guide: bool = True,
-                 tune_steps: int = 100, tune_lr: float = 5e-4, tune_frames: int = 16, tune_stride: int = 4,
-                 guide_resolution: int = 64, gradient_checkpointing: bool = True, vae_batch: int = 8) -> None:
+                 tune_steps: int = 100, tune_lr: float = 5e-4, window: int = 16, window_overlap: int = 4,
+                 window_weighting: str = "pyramid", guide_resolution: int = 64,
+                 gradient_checkpointing: bool = False, vae_batch: int = 8) -> None:
         super().__init__(backbone, estimators)
         if guide_input not in GUIDE_INPUTS:
             raise ValueError(f"vidmp3: guide_input={guide_input!r}; choose one of {GUIDE_INPUTS}")
-        if tune_frames < 1 or tune_stride < 1 or tune_steps < 0 or steps < 1:
-            raise ValueError(f"vidmp3: tune_frames={tune_frames}, tune_stride={tune_stride} must be >= 1, "
-                             f"tune_steps={tune_steps} >= 0, steps={steps} >= 1")
+        if window < 2 or not 0 <= window_overlap < window or tune_steps < 0 or steps < 1:
+            raise ValueError(f"vidmp3: window={window} must be >= 2, window_overlap={window_overlap} in "
+                             f"[0, window), tune_steps={tune_steps} >= 0, steps={steps} >= 1")
+        if window_weighting not in WEIGHTINGS:
+            raise ValueError(f"vidmp3: window_weighting={window_weighting!r}; choose one of {WEIGHTINGS}")
         self.steps, self.guidance_scale = steps, guidance_scale
         self.guide_weight, self.guide_input = guide_weight, guide_input
         self.use_guide = motion_guide and guide_input != "off"
         self.tune_steps, self.tune_lr = tune_steps, tune_lr
-        self.tune_frames, self.tune_stride = tune_frames, tune_stride
+        self.window, self.window_overlap, self.window_weighting = window, window_overlap, window_weighting
         self.guide_resolution, self.gradient_checkpointing = guide_resolution, gradient_checkpointing
         self.vae_batch = vae_batch
         self._unet = None
@@ -298,30 +310,38 @@ class VidMP3Editor(Editor):
                             encoder_hidden_states=text.repeat_interleave(f, dim=0)).sample
         return out.permute(0, 2, 1, 3, 4).float()
 
+    def windows(self, num_frames: int) -> list[tuple[int, int]]:
+        return temporal_windows(num_frames, self.window, self.window_overlap)
+
+    def eps_video(self, latents: torch.Tensor, t: torch.Tensor | int, text: torch.Tensor, state: GuideState,
+                  vectors: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Noise prediction for a whole video (B, T, 4, h, w): one UNet call per window, overlapping
+        frames averaged with the window weights; `vectors` are the MotionGuide vectors of all T frames."""
+
+        def window_eps(start: int, end: int) -> torch.Tensor:
+            state.num_frames = end - start
+            state.vectors = {c: v[start:end] for c, v in vectors.items()}
+            return self.eps(latents[:, start:end], t, text)
+
+        weights = window_weights(self.window, self.window_weighting)
+        return blend_windows(window_eps, latents.shape[1], self.windows(latents.shape[1]), weights, dim=1)
+
     # -- inputs -------------------------------------------------------------------------------
 
     def check_inputs(self, task: EditTask) -> None:
         super().check_inputs(task)
-        t = task.video.num_frames
-        if t > self.max_frames:
-            raise EditorError(
-                f"vidmp3: video {task.video.id!r} has {t} frames; the AnimateDiff motion module takes at most "
-                f"{self.max_frames} frames per clip. Cut or subsample the clip (e.g. data.transform.max_frames=16 "
-                "data.transform.stride=4)."
-            )
-
-    def subject_mask(self, task: EditTask) -> tuple[torch.Tensor, str]:
-        """(T, 1, H, W) subject mask; without one, the whole frame (alpha = 1), documented in the info."""
-        try:
-            mask = self.estimators.mask(task)
-        except EstimatorError:
-            t, _, h, w = task.video.frames.shape
-            return torch.ones(t, 1, h, w), "whole-frame"
-        return (mask.float() > 0.5).float(), "estimator"
+        if self.window > self.max_frames:
+            raise EditorError(f"vidmp3: window={self.window} frames; the AnimateDiff motion module takes at most "
+                              f"{self.max_frames} frames per call: set method.params.window <= {self.max_frames}")
 
     def guide_maps(self, task: EditTask) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """MotionGuide input maps (T, C, H, W) and the subject mask, on the device."""
-        mask, source = self.subject_mask(task)
+        """MotionGuide input maps (T, C, H, W), the subject mask and its source, on the device."""
+        mask, source = self.estimators.subject_mask(task)
+        mask = (mask.float() > 0.5).float()
+        if not mask[0].any():
+            raise EditorError(f"vidmp3: the subject mask ({source}) of video {task.video.id!r} is empty in the "
+                              "first frame; MotionGuide needs the subject there: try another estimators.masks "
+                              "(none: the whole frame)")
         corr = self.estimators.correspondence(task) if self.guide_input != "depth" else None
         depth = None
         if self.guide_input != "correspondence":
@@ -329,30 +349,42 @@ class VidMP3Editor(Editor):
         maps = guide_input(self.guide_input, corr, depth, mask)
         return maps.to(self.device), mask.to(self.device), source
 
-    def tune_indices(self, num_frames: int) -> list[int]:
-        return list(range(0, num_frames, self.tune_stride))[: self.tune_frames]
-
     # -- phases -------------------------------------------------------------------------------
 
+    def tune_schedule(self, num_frames: int, rng: torch.Generator | None = None) -> list[tuple[int, int]]:
+        """The window of each tuning iteration: uniformly one of the windows the edit runs on."""
+        windows = self.windows(num_frames)
+        if len(windows) == 1:
+            return windows * self.tune_steps
+        return [windows[int(k)] for k in torch.randint(len(windows), (self.tune_steps,), generator=rng)]
+
     def tune(self, latents: torch.Tensor, text: torch.Tensor, state: GuideState, guide: MotionGuide | None,
-             maps: torch.Tensor | None, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        """One-shot tuning on latents (T, 4, h, w); returns the per-iteration losses (CPU)."""
+             maps: torch.Tensor | None, mask: torch.Tensor | None, generator: torch.Generator,
+             window_rng: torch.Generator | None = None) -> torch.Tensor:
+        """One-shot tuning on latents (T, 4, h, w), one window per iteration; returns the losses (CPU).
+
+        A video that fits in one window is tuned whole every iteration. No host synchronisation per
+        iteration: the window is drawn on the CPU, the timestep and noise on the device, and the
+        fused (CUDA) or foreach Adam and the GradScaler keep their checks on the device.
+        """
         params = list(trainable_parameters(self.unet).values()) + (list(guide.parameters()) if guide else [])
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.backbone.dtype == torch.float16)
-        opt = torch.optim.Adam(params, lr=self.tune_lr)
+        fused = self.device.type == "cuda" and all(p.dtype == torch.float32 for p in params)
+        opt = torch.optim.Adam(params, lr=self.tune_lr, fused=fused or None, foreach=None if fused else True)
         alphas = self.backbone.scheduler().alphas_cumprod.to(self.device, torch.float32)
-        state.num_frames = latents.shape[0]
         losses = []
         if self.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         try:
-            for _ in range(self.tune_steps):
+            for start, end in self.tune_schedule(latents.shape[0], window_rng):
+                clip = latents[start:end]
+                state.num_frames = end - start
                 t = torch.randint(0, alphas.numel(), (1,), device=self.device, generator=generator)
-                noise = torch.randn(latents.shape, device=self.device, generator=generator)
+                noise = torch.randn(clip.shape, device=self.device, generator=generator)
                 a = alphas[t].view(1, 1, 1, 1)
-                noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+                noisy = a.sqrt() * clip + (1 - a).sqrt() * noise
                 if guide is not None:
-                    state.vectors = guide(maps, mask)
+                    state.vectors = guide(maps[start:end], mask[start:end])
                 pred = self.eps(noisy[None], t, text)[0]
                 loss = F.mse_loss(pred, noise)
                 opt.zero_grad(set_to_none=True)
@@ -378,16 +410,16 @@ class VidMP3Editor(Editor):
         bb, timer = self.backbone, PhaseTimer(self.backbone.device)
         state = GuideState(weight=self.guide_weight)
         generator = torch.Generator(self.device).manual_seed(task.seed)
+        window_rng = torch.Generator().manual_seed(task.seed)
         with timer.phase("preprocessing"):
             latents = self._encode(task.video.frames)  # (T, 4, h, w) float32
             text = bb.encode_prompt(["", task.source_prompt, task.target_prompt])
             uncond, source, target = text[:1], text[1:2], text[2:3]
             maps = mask = guide = None
-            mask_source = "unused"
+            mask_source = "none"  # no MotionGuide, no subject mask
             if self.use_guide:
                 maps, mask, mask_source = self.guide_maps(task)
                 guide = self.make_guide(task.seed)
-        idx = self.tune_indices(latents.shape[0])
         saved = {name: p.data for name, p in trainable_parameters(self.unet).items()}
         try:
             with attention_processors(self.unet, self.processors(state)):
@@ -396,20 +428,24 @@ class VidMP3Editor(Editor):
                     for p in trainable_parameters(self.unet).values():  # fp32 master copies, originals kept aside
                         p.data = p.data.to(master, copy=True)
                         p.requires_grad_(True)
-                    losses = self.tune(latents[idx], source, state, guide,
-                                       maps[idx] if guide else None, mask[idx] if guide else None, generator)
+                    try:
+                        losses = self.tune(latents, source, state, guide, maps, mask, generator, window_rng)
+                    except torch.OutOfMemoryError as e:
+                        hint = "" if self.gradient_checkpointing else "method.params.gradient_checkpointing=true or "
+                        raise EditorError(f"vidmp3: tuning on video {task.video.id!r} ran out of GPU memory; set "
+                                          f"{hint}a smaller method.params.window") from e
                 with torch.no_grad():
-                    state.num_frames = latents.shape[0]
-                    if guide is not None:
-                        state.vectors = guide(maps, mask)
+                    vectors = guide(maps, mask) if guide is not None else {}
                     with timer.phase("inversion"):
                         ddim = DDIM(bb.scheduler(), self.steps)
-                        x_t = ddim.invert(latents, lambda x, t, i: self.eps(x[None], t, source)[0])[0]
+                        x_t = ddim.invert(
+                            latents, lambda x, t, i: self.eps_video(x[None], t, source, state, vectors)[0])[0]
                     with timer.phase("sampling"):
                         cfg_text = torch.cat([uncond, target])
 
                         def eps_cfg(x, t, i):
-                            return classifier_free_guidance(self.eps(torch.stack([x, x]), t, cfg_text), self.guidance_scale)[0]
+                            eps = self.eps_video(torch.stack([x, x]), t, cfg_text, state, vectors)
+                            return classifier_free_guidance(eps, self.guidance_scale)[0]
 
                         edited = ddim.sample(x_t, eps_cfg)
                         frames = self._decode(edited)
@@ -418,6 +454,7 @@ class VidMP3Editor(Editor):
                 p.requires_grad_(False)
                 p.grad = None
                 p.data = saved[name]
-        return timer.result(frames, tune_frames=idx, guide_mask=mask_source,
+        return timer.result(frames, windows=[list(w) for w in self.windows(latents.shape[0])],
+                            mask_source=mask_source,
                             tune_loss_first=float(losses[0]) if len(losses) else None,
                             tune_loss_last=float(losses[-1]) if len(losses) else None)

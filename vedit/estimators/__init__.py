@@ -15,17 +15,21 @@ import torch
 
 from vedit.errors import EstimatorError
 from vedit.estimators.cache import DiskCache, KeyedDiskCache, model_fingerprint
-from vedit.estimators.depth import DEPTH_METHODS, dpt_depth
+from vedit.estimators.depth import (DEPTH_ANYTHING_MODEL, DEPTH_METHODS, depth_anything_depth, dpt_depth,
+                                    load_depth_anything)
 from vedit.estimators.edges import EDGE_METHODS, canny_edges, hed_edges, load_hed
 from vedit.estimators.flow import (FLOW_KEYS, FLOW_METHODS, dis_flow, dis_flow_pairs, load_raft, raft_flow,
                                    raft_flow_pairs)
+from vedit.estimators.masks import (GROUND_TRUTH_DATASETS, MASK_METHODS, SALIENT_MODEL, clipseg_masks,
+                                    load_salient, whole_frame)
 from vedit.ops.warp import chain_to_first, occlusion_masks, pixel_grid
 from vedit.task import EditTask
 
 FLOW_CHUNK = 8  # frame pairs per occlusion check
 
 __all__ = ["Estimators", "EstimatorError", "DiskCache", "KeyedDiskCache", "model_fingerprint", "dis_flow",
-           "raft_flow", "load_raft", "dpt_depth", "canny_edges", "hed_edges", "load_hed"]
+           "raft_flow", "load_raft", "dpt_depth", "depth_anything_depth", "canny_edges", "hed_edges", "load_hed",
+           "clipseg_masks"]
 
 
 def _choose(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -38,21 +42,28 @@ class Estimators:
     """Per-task side data: ground truth when the task has it, else the configured estimator.
 
     flow: "auto" (gt if present, else raft where its weights load, else dis) | "raft" | "dis" | "gt"; depth: "auto" (gt, else dpt with
-    the given model) | "dpt" | "gt"; edges: "canny" | "hed". `flow_model` / `hed_model` inject the
-    networks (else loaded from local caches on first use); `raft_name` picks raft_large or raft_small,
+    the given model) | "dpt" | "depth_anything" (Depth Anything V2, `depth_anything_model`) | "gt";
+    edges: "canny" | "hed"; masks: "dataset" (the dataset's masks, else the whole frame) | "salient"
+    (CLIPSeg with the source prompt, `salient_model`) | "none" (the whole frame). `flow_model` /
+    `hed_model` / `depth_model` (Depth Anything) / `salient` ((model, tokenizer)) inject the networks
+    (else loaded from local caches on first use); `raft_name` picks raft_large or raft_small,
     `raft_iters` its refinement iterations.
     """
 
-    def __init__(self, flow: str = "auto", depth: str = "auto", edges: str = "canny",
+    def __init__(self, flow: str = "auto", depth: str = "auto", edges: str = "canny", masks: str = "dataset",
                  cache_dir: str | Path | None = None, device: str = "cpu", raft_name: str = "raft_large",
-                 raft_iters: int = 12,
-                 flow_model: torch.nn.Module | None = None, hed_model: torch.nn.Module | None = None) -> None:
+                 raft_iters: int = 12, depth_anything_model: str = DEPTH_ANYTHING_MODEL,
+                 salient_model: str = SALIENT_MODEL,
+                 flow_model: torch.nn.Module | None = None, hed_model: torch.nn.Module | None = None,
+                 depth_model: torch.nn.Module | None = None, salient: tuple | None = None) -> None:
         self.flow_method = _choose(flow, FLOW_METHODS, "flow")
         self.depth_method = _choose(depth, DEPTH_METHODS, "depth")
         self.edges_method = _choose(edges, EDGE_METHODS, "edges")
+        self.masks_method = _choose(masks, MASK_METHODS, "masks")
         self.cache = DiskCache(cache_dir)
         self.device, self.raft_name, self.raft_iters = device, raft_name, raft_iters
-        self.flow_model, self.hed_model = flow_model, hed_model
+        self.depth_anything_model, self.salient_model = depth_anything_model, salient_model
+        self.flow_model, self.hed_model, self.depth_model, self.salient = flow_model, hed_model, depth_model, salient
         self._raft_available = True  # until a load fails
 
     @property
@@ -162,7 +173,7 @@ class Estimators:
         return self.flow_model
 
     def depth(self, task: EditTask, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(T, 1, H, W), larger = nearer. `model`: a transformers DPTForDepthEstimation."""
+        """(T, 1, H, W), larger = nearer. `model`: a transformers DPTForDepthEstimation (dpt)."""
         method = self.depth_method
         if method == "auto":
             method = "gt" if "depth" in task.side else "dpt"
@@ -170,6 +181,12 @@ class Estimators:
             if "depth" not in task.side:
                 raise EstimatorError(self._no_gt(task, "depth", "estimators.depth=dpt with a depth model"))
             return task.side["depth"]
+        if method == "depth_anything":
+            if self.depth_model is None:
+                self.depth_model = load_depth_anything(self.depth_anything_model, self.device)
+            da = self.depth_model
+            return self._cached(task, "depth-anything", {"model": model_fingerprint(da), "target": 518},
+                                lambda: depth_anything_depth(task.video.frames, da))
         if model is None:
             raise EstimatorError(
                 f"depth for video {task.video.id!r}: the dpt estimator needs a depth model; pass "
@@ -195,6 +212,22 @@ class Estimators:
         if "mask" not in task.side:
             raise EstimatorError(self._no_gt(task, "subject mask", "a dataset with mask annotations (data=synthetic)"))
         return task.side["mask"]
+
+    def subject_mask(self, task: EditTask) -> tuple[torch.Tensor, str]:
+        """(T, 1, H, W) subject mask and its source: "gt" / "dataset" (the dataset's masks; gt when
+        generated), "salient" (CLIPSeg queried with the source prompt) or "none" (the whole frame:
+        masks=none, or masks=dataset on a dataset without masks)."""
+        if self.masks_method == "salient":
+            if self.salient is None:
+                self.salient = load_salient(self.salient_model, self.device)
+            model, tokenizer = self.salient
+            params = {"model": model_fingerprint(model), "prompt": task.source_prompt, "threshold": 0.5}
+            masks = self._cached(task, "masks-salient", params,
+                                 lambda: clipseg_masks(task.video.frames, task.source_prompt, model, tokenizer))
+            return masks, "salient"
+        if self.masks_method == "dataset" and "mask" in task.side:
+            return task.side["mask"], "gt" if task.dataset in GROUND_TRUTH_DATASETS else "dataset"
+        return whole_frame(task.video.frames), "none"
 
     def correspondence(self, task: EditTask) -> torch.Tensor:
         """(T, 2, H, W) coordinates in frame 0 (NaN where none): ground truth, else chained flow."""

@@ -1,11 +1,15 @@
-"""Monocular depth: transformers DPT."""
+"""Monocular depth: transformers DPT and Depth Anything V2 (the depth VidMP3 used)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-DEPTH_METHODS = ("auto", "dpt", "gt")
+from vedit.errors import EstimatorError
+
+DEPTH_METHODS = ("auto", "dpt", "depth_anything", "gt")
+DEPTH_ANYTHING_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @torch.no_grad()
@@ -19,5 +23,46 @@ def dpt_depth(frames: torch.Tensor, model: torch.nn.Module, resolution: int = 38
                           align_corners=False).clamp(0, 1)
         x = ((x - 0.5) / 0.5).to(device, dtype)
         pred = model(pixel_values=x).predicted_depth.float()
+        out.append(F.interpolate(pred[:, None], size=frames.shape[-2:], mode="bicubic", align_corners=False).cpu())
+    return torch.cat(out)
+
+
+def depth_anything_size(h: int, w: int, target: int = 518, multiple: int = 14) -> tuple[int, int]:
+    """Depth Anything's processor size: one scale for both sides (the one of target/h, target/w
+    closer to 1, i.e. aspect kept), sides rounded to multiples of 14."""
+    sh, sw = target / h, target / w
+    scale = sw if abs(1 - sw) < abs(1 - sh) else sh
+    return (max(multiple, round(h * scale / multiple) * multiple),
+            max(multiple, round(w * scale / multiple) * multiple))
+
+
+def load_depth_anything(model_id: str = DEPTH_ANYTHING_MODEL, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """DepthAnythingForDepthEstimation from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only)."""
+    from transformers import DepthAnythingForDepthEstimation
+
+    try:
+        model = DepthAnythingForDepthEstimation.from_pretrained(model_id)
+    except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
+        raise EstimatorError(
+            f"estimators.depth=depth_anything needs weights {model_id!r} and could not load them: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}. Put them in the Hugging Face cache "
+            "(HF_HOME), point estimators.depth_anything_model at a local copy, or use estimators.depth=auto") from e
+    return model.eval().to(device)
+
+
+@torch.no_grad()
+def depth_anything_depth(frames: torch.Tensor, model: torch.nn.Module, target: int = 518,
+                         batch_size: int = 8) -> torch.Tensor:
+    """(T, 1, H, W) relative inverse depth (larger = nearer) from a transformers Depth Anything model,
+    preprocessed as its image processor does (bicubic, aspect kept, ImageNet normalisation)."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    size = depth_anything_size(*frames.shape[-2:], target=target)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = []
+    for i in range(0, frames.shape[0], batch_size):
+        x = F.interpolate(frames[i:i + batch_size], size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        pred = model(pixel_values=((x - mean) / std).to(device, dtype)).predicted_depth.float()
         out.append(F.interpolate(pred[:, None], size=frames.shape[-2:], mode="bicubic", align_corners=False).cpu())
     return torch.cat(out)
