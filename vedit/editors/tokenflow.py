@@ -77,8 +77,7 @@ def keyframe_pairs(keys: torch.Tensor, num_frames: int, batch_size: int, mode: s
         a = torch.where(before < 0, after, before).clamp(0, k - 1)
         b = torch.where(after >= k, before, after).clamp(0, k - 1)
         d_a, d_b = (f - keys[a]).abs().double(), (keys[b] - f).abs().double()
-        total = d_a + d_b
-        return a, b, torch.where(total > 0, d_b / total.clamp(min=1), torch.ones_like(total))
+        return a, b, torch.where(a == b, torch.ones_like(d_a), d_b / (d_a + d_b).clamp(min=1))
     batch = f // batch_size
     prev = (batch - 1).clamp(min=0)
     centre = batch_size // 2
