@@ -241,6 +241,24 @@ def test_epsilon_from_every_prediction_type():
         epsilon(eps, x_t, a, "flow")
 
 
+def test_paper_backbone_takes_the_prediction_type_from_the_checkpoint(tmp_path):
+    """A local SD 2.1-layout checkpoint (tiny components) whose scheduler predicts v."""
+    from diffusers import DDIMScheduler
+
+    tiny = build_backbone("tiny", "sd21")
+    for name in ("unet", "vae", "text_encoder", "tokenizer"):
+        getattr(tiny, name).save_pretrained(tmp_path / name)
+    DDIMScheduler.from_config({**tiny.scheduler_config, "prediction_type": "v_prediction"}).save_pretrained(
+        tmp_path / "scheduler")
+    paper = build_backbone("paper", "sd21", paths={n: str(tmp_path / n) for n in
+                                                   ("unet", "vae", "text_encoder", "tokenizer", "scheduler")})
+    assert paper.scheduler().config.prediction_type == "v_prediction"
+    ed = editor(paper, steps=2)
+    assert ed.prediction_type == "v_prediction"
+    assert torch.isfinite(ed.edit(random_task(frames=3)).frames).all()
+    assert tiny.scheduler_config["prediction_type"] == "epsilon"
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key,value,allowed", [
