@@ -88,13 +88,11 @@ def keyframe_pairs(keys: torch.Tensor, num_frames: int, batch_size: int, mode: s
 
 
 def nearest_tokens(query: torch.Tensor, keys: torch.Tensor, max_elements: int = 2**28) -> torch.Tensor:
-    """Per frame, the index of the key token with the largest cosine similarity to each query token.
-
-    query (n, N, C), keys (n, M, C) -> (n, N); frames in chunks so the similarity matrix stays bounded.
-    """
-    q, k = F.normalize(query, dim=-1), F.normalize(keys, dim=-1)
-    step = max(1, max_elements // (q.shape[1] * k.shape[1]))
-    return torch.cat([torch.bmm(qc, kc.transpose(1, 2)).argmax(-1) for qc, kc in zip(q.split(step), k.split(step))])
+    """Per frame, the index of the key token with the largest dot product (cosine similarity for unit
+    vectors) with each query token: query (n, N, C), keys (n, M, C) -> (n, N). Frames go in chunks so
+    the similarity matrix stays bounded."""
+    step = max(1, max_elements // (query.shape[1] * keys.shape[1]))
+    return torch.cat([torch.bmm(q, k.transpose(1, 2)).argmax(-1) for q, k in zip(query.split(step), keys.split(step))])
 
 
 def propagate_tokens(feats: torch.Tensor, key_feats: torch.Tensor, key_out: torch.Tensor,
@@ -106,6 +104,7 @@ def propagate_tokens(feats: torch.Tensor, key_feats: torch.Tensor, key_out: torc
     Returns (B, n, N, D). NN fields come from the source features; every branch uses the same field.
     """
     m = key_feats.shape[1]
+    feats, key_feats = F.normalize(feats, dim=-1), F.normalize(key_feats, dim=-1)
     flat = key_out.flatten(1, 2)  # (B, K*M, D)
     out = None
     for pair, w in ((pair_a, weight), (pair_b, 1 - weight)):
@@ -180,11 +179,15 @@ def _resnet_injection(unet, tokens: _Tokens) -> Iterator[None]:
             return torch.cat([source, source, source])
         return None
 
-    handle = unet.get_submodule(PNP_RESNET).conv2.register_forward_hook(hook)
+    resnet = unet.get_submodule(PNP_RESNET)
+    # with backbone.compile=true this block runs eagerly: torch.compile ignores hooks added after it
+    compiled, resnet._compiled_call_impl = getattr(resnet, "_compiled_call_impl", None), None
+    handle = resnet.conv2.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+        resnet._compiled_call_impl = compiled
 
 
 def epsilon(model_output: torch.Tensor, x_t: torch.Tensor, alpha_t: float, prediction_type: str) -> torch.Tensor:
@@ -257,9 +260,8 @@ class TokenFlowEditor(Editor):
             raise bad("sdedit_start", "a fraction of the schedule in (0, 1]")
         if params.get("variant") == "sdedit" and int(params.get("sdedit_start", 0.9) * params.get("steps", 50)) < 2:
             raise bad("sdedit_start", "sdedit_start * steps >= 2 (at least one denoising step)")
-        for key in ("negative_prompt",):
-            if key in params and not isinstance(params[key], str):
-                raise bad(key, "a string (may be empty)")
+        if "negative_prompt" in params and not isinstance(params["negative_prompt"], str):
+            raise bad("negative_prompt", "a string (may be empty)")
         if "inversion_prompt" in params and params["inversion_prompt"] is not None \
                 and not isinstance(params["inversion_prompt"], str):
             raise bad("inversion_prompt", "a string (empty by default) or null for the task's source prompt")
