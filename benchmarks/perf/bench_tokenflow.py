@@ -13,7 +13,9 @@ propagation, VAE decoding; the target is <= 1.0 s per frame in total.
 frames with the same diffusers components: per step one key-frame call, then one UNet call per
 batch of `batch_size` frames (not all frames at once), attention as the released processor computes
 it (per head, explicit softmax(QK^T) V, no fused kernel), the released key-frame pairing (batch b with
-b-1). Arithmetic is otherwise the same, so the difference is the cost of batching and SDPA.
+b-1). Arithmetic is otherwise the same, so the difference is the cost of batching and SDPA. Its
+inversion also runs in batches of 8 frames (the released preprocess inverts 40 at once, with
+diffusers' default SDPA attention, like ours): compare sampling for the method's structure.
 """
 
 from __future__ import annotations
