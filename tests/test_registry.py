@@ -1,3 +1,5 @@
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,42 @@ def test_registered_datasets_and_metrics_resolve():
     for reg in (DATASETS, METRICS):
         for name in reg.names():
             assert callable(reg.get(name)), name
+
+
+def test_a_new_module_is_an_editor_without_editing_the_registry(tmp_path, monkeypatch):
+    pkg = tmp_path / "plugpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text("")  # shared code, not an editor
+    (pkg / "mymethod.py").write_text(
+        "from tests_registry_reg import REG\n@REG.register('mymethod')\nclass MyMethod:\n    pass\n")
+    (pkg / "broken.py").write_text("X = 1\n")  # registers nothing
+    reg = Registry("editor")
+    monkeypatch.setitem(sys.modules, "tests_registry_reg", types.SimpleNamespace(REG=reg))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg.discover("plugpkg", skip=("base",))
+    assert reg.names() == ["broken", "mymethod"]
+    assert "plugpkg.mymethod" not in sys.modules  # listed without importing
+    assert reg.get("mymethod").__name__ == "MyMethod"
+    with pytest.raises(UnknownNameError, match="registers no editor"):
+        reg.get("broken")
+    with pytest.raises(UnknownNameError, match="Did you mean 'mymethod'"):
+        reg.get("mymethd")
+
+
+def test_installed_packages_add_editors_through_entry_points(tmp_path, monkeypatch):
+    dist = tmp_path / "vedit_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vedit-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[vedit.editors]\nod = collections:OrderedDict\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("editor")
+    reg.discover_entry_points("vedit.editors")
+    from collections import OrderedDict
+
+    assert reg.get("od") is OrderedDict
+
+
+def test_editors_are_the_modules_of_vedit_editors_and_baselines():
+    assert {"pix2video", "rerender", "vidmp3", "tokenflow", "identity", "framewise"} <= set(EDITORS.names())
+    assert "base" not in EDITORS.names()

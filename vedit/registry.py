@@ -2,14 +2,20 @@
 
 Entries are registered either by decorator (the class is imported already) or lazily as a
 "module:attr" string, so that looking up `framewise` does not import every editor and its
-dependencies.
+dependencies. Editors are found without a table: every module `vedit.editors.<name>` and
+`baselines.<name>` is the editor `<name>` (the module registers its class by decorator when first
+looked up), and installed packages add editors through the `vedit.editors` entry-point group. A new
+method is one file plus its `conf/method/<name>.yaml`; nothing here changes.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable
+import importlib.metadata
+import importlib.util
+import pkgutil
+from typing import Any, Callable, Iterable
 
 
 class UnknownNameError(KeyError):
@@ -51,10 +57,28 @@ class Registry:
         target = self._entries[name]
         if isinstance(target, str):
             module, _, attr = target.partition(":")
-            obj = getattr(importlib.import_module(module), attr)
+            imported = importlib.import_module(module)
+            obj = getattr(imported, attr) if attr else self._entries[name]  # a module registers itself
+            if isinstance(obj, str):
+                raise UnknownNameError(f"{self.kind} {name!r}: module {module} was imported but registers no "
+                                       f"{self.kind} of that name; decorate its class with .register({name!r})")
             self._entries[name] = obj
             target = obj
         return target
+
+    def discover(self, package: str, skip: Iterable[str] = ()) -> None:
+        """Register every public module `package.<name>` lazily as `<name>`, without importing it."""
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.submodule_search_locations is None:
+            return
+        for info in pkgutil.iter_modules(spec.submodule_search_locations):
+            if not info.name.startswith("_") and info.name not in skip:
+                self._add(info.name, f"{package}.{info.name}")
+
+    def discover_entry_points(self, group: str) -> None:
+        """Register the "module:attr" entry points of installed packages in `group` lazily."""
+        for ep in importlib.metadata.entry_points(group=group):
+            self._add(ep.name, ep.value)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -71,17 +95,14 @@ EDITORS = Registry("editor")
 DATASETS = Registry("dataset")
 METRICS = Registry("metric")
 
+# Editors: one module per method (shared code in vedit/editors/base.py), plus installed plugins.
+EDITORS.discover("vedit.editors", skip=("base",))
+EDITORS.discover("baselines")
+EDITORS.discover_entry_points("vedit.editors")
+
 # Lazy entries: importing vedit.registry stays cheap; the modules register the same objects
 # by decorator when imported directly.
 LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
-    EDITORS: {
-        "identity": "baselines.identity:IdentityEditor",
-        "framewise": "baselines.framewise:FramewiseEditor",
-        "pix2video": "vedit.editors.pix2video:Pix2VideoEditor",
-        "rerender": "vedit.editors.rerender:RerenderEditor",
-        "rerender_ebsynth": "vedit.editors.rerender:RerenderEbsynthEditor",
-        "vidmp3": "vedit.editors.vidmp3:VidMP3Editor",
-    },
     DATASETS: {
         "synthetic": "vedit.data.synthetic:SyntheticDataset",
         "davis": "vedit.data.davis:DavisDataset",

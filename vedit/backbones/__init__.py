@@ -83,7 +83,7 @@ class Backbone:
 def build_backbone(kind: str, family: str, device: str | torch.device = "cpu", dtype: str = "float32",
                    seed: int = 0, paths: dict[str, str] | None = None, controlnet: str = "canny",
                    local_files_only: bool | None = None) -> Backbone:
-    """Build the components of `family` ("sd2-depth", "sd15-controlnet", "sd15-animatediff", "sd15")."""
+    """Build the components of `family` ("sd2-depth", "sd15-controlnet", "sd15-animatediff", "sd15", "sd21")."""
     if kind not in KINDS:
         raise ValueError(f"backbone kind={kind!r} is unknown; choose one of {KINDS}")
     if family not in arch.FAMILIES:
@@ -104,8 +104,10 @@ def build_backbone(kind: str, family: str, device: str | torch.device = "cpu", d
             module.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
     if "depth_estimator" in parts:  # DPT runs in float32: its output feeds a normalisation
         parts["depth_estimator"].to(torch.float32)
+    # a checkpoint's own scheduler config (prediction type, betas) where the family lists one
+    scheduler_config = dict(parts.pop("scheduler", None) or arch.SCHEDULER)
     return Backbone(kind=kind, family=family, device=device, dtype=torch_dtype,
-                    scheduler_config=dict(arch.SCHEDULER), **parts)
+                    scheduler_config=scheduler_config, **parts)
 
 
 def _build_from_config(kind: str, family: str, device: torch.device, seed: int) -> dict:
@@ -142,12 +144,14 @@ def _offline() -> bool:
 
 
 def _load_paper(family: str, paths: dict[str, str], controlnet: str, local_files_only: bool | None) -> dict:
-    from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation
 
-    loaders = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
-               "tokenizer": CLIPTokenizer, "controlnet": ControlNetModel, "motion_adapter": MotionAdapter,
-               "depth_estimator": DPTForDepthEstimation}
+    loaders = {name: cls.from_pretrained for name, cls in (
+        ("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel),
+        ("tokenizer", CLIPTokenizer), ("controlnet", ControlNetModel), ("motion_adapter", MotionAdapter),
+        ("depth_estimator", DPTForDepthEstimation))}
+    loaders["scheduler"] = DDIMScheduler.load_config  # the config dict: editors build their DDIM from it
     entries = dict(PAPER_WEIGHTS[family])
     if controlnet == "hed" and "controlnet" in entries:
         entries["controlnet"] = (CONTROLNET_HED, None)
@@ -166,7 +170,7 @@ def _load_paper(family: str, paths: dict[str, str], controlnet: str, local_files
                                                              local_only)
                 parts[name] = getattr(single_files[source], name)
             else:
-                parts[name] = loaders[name].from_pretrained(source, local_files_only=local_only, **kwargs)
+                parts[name] = loaders[name](source, local_files_only=local_only, **kwargs)
         except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
             raise BackboneUnavailable(
                 f"backbone=paper needs {name} weights {source!r}"

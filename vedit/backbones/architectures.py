@@ -25,6 +25,7 @@ UNET_SD2_DEPTH = dict(
     UNET_SD15, in_channels=5, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
     use_linear_projection=True,
 )
+UNET_SD21 = dict(UNET_SD2_DEPTH, in_channels=4)  # SD 2.1 base (512): SD 2 text-to-image UNet
 VAE = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -76,6 +77,7 @@ FAMILIES: dict[str, dict] = {
     "sd15-animatediff": dict(unet=UNET_SD15, text=TEXT_CLIP_L, motion_adapter=MOTION_ADAPTER_V152,
                              depth_estimator=DPT_HYBRID),
     "sd2-depth": dict(unet=UNET_SD2_DEPTH, text=TEXT_OPENCLIP_H, depth_estimator=DPT_HYBRID),
+    "sd21": dict(unet=UNET_SD21, text=TEXT_OPENCLIP_H),
 }
 TINY: dict[str, dict] = {
     "sd15": dict(unet=TINY_UNET, text=TINY_TEXT),
@@ -84,4 +86,5 @@ TINY: dict[str, dict] = {
                              depth_estimator=TINY_DPT),
     "sd2-depth": dict(unet=dict(TINY_UNET, in_channels=5, use_linear_projection=True), text=TINY_TEXT,
                       depth_estimator=TINY_DPT),
+    "sd21": dict(unet=dict(TINY_UNET, use_linear_projection=True), text=TINY_TEXT),
 }

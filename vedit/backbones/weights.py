@@ -38,6 +38,13 @@ PAPER_WEIGHTS: dict[str, dict[str, tuple[str, str | None]]] = {
         "motion_adapter": ("guoyww/animatediff-motion-adapter-v1-5-2", None),
         "depth_estimator": ("Intel/dpt-hybrid-midas", None),  # MotionGuide's depth maps
     },
+    "sd21": {  # TokenFlow; the scheduler config gives the checkpoint's prediction type
+        "unet": ("stabilityai/stable-diffusion-2-1-base", "unet"),
+        "vae": ("stabilityai/stable-diffusion-2-1-base", "vae"),
+        "text_encoder": ("stabilityai/stable-diffusion-2-1-base", "text_encoder"),
+        "tokenizer": ("stabilityai/stable-diffusion-2-1-base", "tokenizer"),
+        "scheduler": ("stabilityai/stable-diffusion-2-1-base", "scheduler"),
+    },
     "sd15": {
         "unet": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
         "vae": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae"),
