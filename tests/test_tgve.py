@@ -185,6 +185,22 @@ def test_category_table_means_and_intervals():
     assert category_table(records, "warp_mse").empty
 
 
+def test_leaderboard_cli_writes_the_category_tables(tmp_path, capsys):
+    from vedit.leaderboard import main as leaderboard_main
+    from vedit.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    for i, category in enumerate(CATEGORIES):
+        store.commit(f"k{i}", store.new_workdir(f"k{i}"), {
+            "method": "m", "backbone_kind": "tiny", "status": "ok", "prompt_category": category,
+            "metrics": {"clip_text": float(i)}, "metric_info": {"clip_text": {"higher_is_better": True}}})
+    leaderboard_main([str(tmp_path / "store"), "--out", str(tmp_path / "lb"), "--categories", "clip_text"])
+    assert "clip_text by prompt category" in capsys.readouterr().out
+    for suffix in ("md", "csv", "html", "tex"):
+        text = (tmp_path / "lb" / f"categories_clip_text.{suffix}").read_text()
+        assert "m [tiny]" in text and "multiple" in text and "1.5" in text  # overall mean of 0..3
+
+
 def test_notebook_shows_the_tgve_table(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
