@@ -14,7 +14,7 @@ from PIL import Image
 
 from vedit.data.prompts import EditPrompt, load_prompts
 from vedit.data.tgve import CATEGORIES, TGVEDataset
-from vedit.export_tgve import export, main as export_main, select
+from vedit.export_tgve import edited_frames, export, main as export_main, select
 from vedit.leaderboard import category_table, t95
 from vedit.registry import DATASETS
 from vedit.run import CONF_DIR, iter_cells, run
@@ -122,7 +122,7 @@ def test_suite_instantiates_all_304_cells_on_the_real_suite_file(tmp_path, monke
 
 def tiny_run(tmp_path: Path, suite: Path, *overrides: str):
     cfg = composed("suite=tgve2023", "method=identity", "backbone=tiny", "metrics=tiny",
-                   "metrics.names=[clip_text,clip_image]", f"data.root={tmp_path}", f"data.prompts={suite}",
+                   "metrics.names=[]", f"data.root={tmp_path}", f"data.prompts={suite}",
                    "data.videos=[square]", "data.transform.size=[32,32]", f"store_dir={tmp_path / 'store'}",
                    f"cache_dir={tmp_path / 'cache'}", "tracker.trackers=[]", *overrides)
     return run(cfg)
@@ -147,7 +147,9 @@ def test_prompt_categories_reach_the_records_and_the_export_layout(tmp_path):
         for i in (0, 31):  # identity: the source frame, upscaled to the challenge's 480x480
             image = np.asarray(Image.open(files[i]))
             assert image.shape == (480, 480, 3) and abs(image.mean() - frame_value(i)) < 3
-    assert export_main([str(tmp_path / "store"), str(tmp_path / "again"), "--suite", str(suite)]) == 1
+    again = tmp_path / "again"
+    assert export_main([str(tmp_path / "store"), str(again), "--suite", str(suite), "--ext", "png", "--size", "16"]) == 1
+    assert Image.open(again / "DAVIS_480p" / "square" / "style" / "00031.png").size == (16, 16)
 
 
 def test_plain_prompts_keep_their_cell_keys_without_a_category(tmp_path):
@@ -183,6 +185,22 @@ def test_category_table_means_and_intervals():
     assert category_table(records, "warp_mse").empty
 
 
+def test_leaderboard_cli_writes_the_category_tables(tmp_path, capsys):
+    from vedit.leaderboard import main as leaderboard_main
+    from vedit.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    for i, category in enumerate(CATEGORIES):
+        store.commit(f"k{i}", store.new_workdir(f"k{i}"), {
+            "method": "m", "backbone_kind": "tiny", "status": "ok", "prompt_category": category,
+            "metrics": {"clip_text": float(i)}, "metric_info": {"clip_text": {"higher_is_better": True}}})
+    leaderboard_main([str(tmp_path / "store"), "--out", str(tmp_path / "lb"), "--categories", "clip_text"])
+    assert "clip_text by prompt category" in capsys.readouterr().out
+    for suffix in ("md", "csv", "html", "tex"):
+        text = (tmp_path / "lb" / f"categories_clip_text.{suffix}").read_text()
+        assert "m [tiny]" in text and "multiple" in text and "1.5" in text  # overall mean of 0..3
+
+
 def test_notebook_shows_the_tgve_table(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -205,3 +223,16 @@ def test_notebook_shows_the_tgve_table(tmp_path, monkeypatch):
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "clip_text by prompt category" in "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "background ↑" in text and "overall ↑" in text and "3.5 ±" in text  # mean of 0..7
+
+
+def test_export_prefers_saved_frames_over_the_mp4(tmp_path):
+    import torch
+
+    from vedit.video import write_video
+
+    frames = torch.linspace(0, 1, 3).view(3, 1, 1, 1).expand(3, 3, 16, 16).contiguous()
+    write_video(tmp_path / "edited.mp4", frames)
+    decoded = edited_frames({"_dir": str(tmp_path), "outputs": {"edited": "edited.mp4"}})
+    assert decoded.shape == (3, 3, 16, 16) and torch.allclose(decoded.mean((1, 2, 3)), frames.mean((1, 2, 3)), atol=0.03)
+    torch.save(frames.half(), tmp_path / "frames.pt")
+    assert torch.equal(edited_frames({"_dir": str(tmp_path)}), frames.half().float())

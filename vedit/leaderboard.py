@@ -352,8 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{metric} by prompt category:\n{table.to_markdown() if not table.empty else '(no categories)'}")
         if args.out and not table.empty:
             for fmt, suffix in {"markdown": "md", "csv": "csv", "html": "html", "latex": "tex"}.items():
-                text = table.to_markdown() if fmt == "markdown" else getattr(table, f"to_{fmt}")()
-                (Path(args.out) / f"categories_{metric}.{suffix}").write_text(text)
+                (Path(args.out) / f"categories_{metric}.{suffix}").write_text(getattr(table, f"to_{fmt}")())
 
 
 CATEGORY_ORDER = ("style", "object", "background", "multiple")  # LOVEU-TGVE-2023's; others follow by name
