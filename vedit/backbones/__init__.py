@@ -177,7 +177,8 @@ def _load_paper(family: str, paths: dict[str, str], controlnet: str, local_files
                 + (f" (subfolder {subfolder!r})" if kwargs else "")
                 + f" and could not load them: {type(e).__name__}: {str(e).splitlines()[0][:200]}\n"
                 "Ways out: (1) put the model in the Hugging Face cache (set HF_HOME to where it is, or run "
-                f"`huggingface-cli download {_download_args(model_id)}` on a machine with network and copy the cache); "
+                f"`huggingface-cli download {_download_args(model_id)}` on a machine with network and copy the "
+                "cache); "
                 f"(2) point to a local copy with backbone.paths.{name}=/path/to/model (a diffusers folder, or a "
                 "single .safetensors checkpoint for unet/vae/text_encoder); "
                 "(3) run without real weights with backbone=tiny (CPU, for tests) or backbone=random (GPU, for speed)."
