@@ -368,7 +368,7 @@ class TokenFlowEditor(Editor):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """PnP: the inverted latents. SDEdit: the clean latents noised to timesteps[first] with the
         DDIM-inversion noise (the released default) or with one Gaussian noise shared by all frames."""
-        if first == 0:
+        if self.variant == "pnp":
             return source[0].clone()
         x0 = source[-1]
         if self.sdedit_noise == "ddim":
