@@ -1,3 +1,4 @@
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -63,7 +64,8 @@ def test_a_new_module_is_an_editor_without_editing_the_registry(tmp_path, monkey
     reg.discover("plugpkg", skip=("base",))
     assert reg.names() == ["broken", "mymethod"]
     assert "plugpkg.mymethod" not in sys.modules  # listed without importing
-    assert reg.get("mymethod").__name__ == "MyMethod"
+    copied = pickle.loads(pickle.dumps(reg))  # as Hydra's joblib launcher ships the runner to a worker
+    assert copied.get("mymethod") is reg.get("mymethod") and reg.get("mymethod").__name__ == "MyMethod"
     with pytest.raises(UnknownNameError, match="registers no editor"):
         reg.get("broken")
     with pytest.raises(UnknownNameError, match="Did you mean 'mymethod'"):

@@ -92,7 +92,8 @@ def test_keyframe_pairs_nearest_and_released():
     a, b, w = keyframe_pairs(keys, 20, 8, "released")
     assert (int(a[3]), int(b[3]), float(w[3])) == (0, 0, 1.0)  # batch 0: its own key frame only
     # frame 10, batch 1: centres 12 (own) and 4 (previous batch) at distances 2 and 6
-    assert (int(a[10]), int(b[10])) == (1, 0) and float(w[10]) == pytest.approx(torch.sigmoid(torch.tensor(0.75)).item())
+    assert (int(a[10]), int(b[10])) == (1, 0)
+    assert float(w[10]) == pytest.approx(torch.sigmoid(torch.tensor(0.75)).item())
     assert (int(a[17]), int(b[17])) == (2, 1)
 
 

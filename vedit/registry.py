@@ -23,6 +23,11 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+# What decorators registered, per (kind, name). A Registry copied into another process (Hydra's joblib
+# launcher pickles the runner by value) finds here what a module registers when imported there.
+_DECORATED: dict[tuple[str, str], Any] = {}
+
+
 class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -36,6 +41,7 @@ class Registry:
 
         def decorator(obj: Any) -> Any:
             self._add(name, obj)
+            _DECORATED[(self.kind, name)] = obj
             return obj
 
         return decorator
@@ -58,7 +64,8 @@ class Registry:
         if isinstance(target, str):
             module, _, attr = target.partition(":")
             imported = importlib.import_module(module)
-            obj = getattr(imported, attr) if attr else self._entries[name]  # a module registers itself
+            # "module:attr", or a module that registers itself by decorator
+            obj = getattr(imported, attr) if attr else _DECORATED.get((self.kind, name), self._entries[name])
             if isinstance(obj, str):
                 raise UnknownNameError(f"{self.kind} {name!r}: module {module} was imported but registers no "
                                        f"{self.kind} of that name; decorate its class with .register({name!r})")

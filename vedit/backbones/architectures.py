@@ -1,6 +1,6 @@
 """Architectures as data: diffusers/transformers configs per backbone family, full size and tiny.
 
-Full-size configs are the published checkpoints' configs (SD 1.5, SD 2 depth, ControlNet v1.0,
+Full-size configs are the published checkpoints' configs (SD 1.5, SD 2 depth, SD 2.1 base, ControlNet v1.0,
 AnimateDiff motion adapter v1-5-2); `random` builds them with random weights, `tiny` shrinks widths
 and depths but keeps the structure (4 UNet levels, 8x VAE downsampling, decoder self-attention in
 up_blocks.1-3, the CLIP vocabulary) so every code path of the editors runs.

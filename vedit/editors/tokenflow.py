@@ -229,7 +229,8 @@ class TokenFlowEditor(Editor):
         self.unet_batch, self.vae_batch = unet_batch, int(vae_batch)
         self.latent_cache = latent_cache
         self.layer_names = self_attention_layers(backbone.unet, "all")
-        self.pnp_layers = {n for n in self.layer_names if n.startswith("up_blocks.") and not n.startswith(PNP_ATTN_SKIP)}
+        self.pnp_layers = {n for n in self.layer_names
+                           if n.startswith("up_blocks.") and not n.startswith(PNP_ATTN_SKIP)}
         self.prediction_type = backbone.scheduler_config.get("prediction_type", "epsilon")
         self._latent_dtype = torch.float64 if backbone.dtype == torch.float64 else torch.float32
 
@@ -368,7 +369,7 @@ class TokenFlowEditor(Editor):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """PnP: the inverted latents. SDEdit: the clean latents noised to timesteps[first] with the
         DDIM-inversion noise (the released default) or with one Gaussian noise shared by all frames."""
-        if first == 0:
+        if self.variant == "pnp":
             return source[0].clone()
         x0 = source[-1]
         if self.sdedit_noise == "ddim":
