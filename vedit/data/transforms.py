@@ -64,12 +64,6 @@ class Transform:
         """How many leading frames a reader must decode (None: all)."""
         return None if self.max_frames is None else self.start + self.stride * (self.max_frames - 1) + 1
 
-    def frame_indices(self, num_frames: int) -> list[int]:
-        indices = list(range(self.start, num_frames, self.stride))[: self.max_frames]
-        if not indices:
-            raise VideoError(f"transform start={self.start} is past the last of {num_frames} frames")
-        return indices
-
     def keeps(self, index: int, kept: int) -> bool:
         """Whether frame `index` is kept, `kept` frames having been kept before it."""
         return (index >= self.start and (index - self.start) % self.stride == 0
