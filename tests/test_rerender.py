@@ -285,6 +285,21 @@ def test_direct_key_frame_flow():
         Estimators().flow_between(with_gt, [(4, 2)])
 
 
+def test_raft_pair_flow_matches_adjacent_flow_for_adjacent_pairs():
+    """The same network on the same frame pairs: pair flows (0, 1), (1, 2) equal the adjacent-frame flows."""
+    from torchvision.models.optical_flow import raft_small
+
+    from vedit.estimators.flow import raft_flow, raft_flow_pairs
+
+    torch.manual_seed(0)
+    model = raft_small().eval()
+    frames = translating_video(num_frames=3, size=64)[0].frames
+    fwd, bwd = raft_flow(frames, model, iters=1)
+    ab, ba = raft_flow_pairs(frames, [(0, 1), (1, 2)], model, iters=1, batch_size=3)
+    torch.testing.assert_close(ab, fwd, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ba, bwd, rtol=0, atol=1e-4)
+
+
 def test_key_flows_are_direct_by_default_and_chained_on_request(backbone):
     video, _ = translating_video(num_frames=5, d=(3, 1))
     task = EditTask(video, "a", "b")  # no ground truth: DIS
