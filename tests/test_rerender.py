@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,8 +82,15 @@ def test_schedule_periods():
     assert key_frame_indices(8, 4) == [0, 4, 7] and key_frame_indices(9, 4) == [0, 4, 8]
 
 
+def yaml_params() -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).parents[1] / "conf" / "method" / "rerender.yaml").read_text())["params"]
+
+
 def test_constraint_steps_at_20_steps_with_the_default_periods(backbone):
-    windows = RerenderEditor(backbone).constraint_steps()  # x0_strength 0.75: sampling starts at step 5
+    windows = RerenderEditor(backbone, **yaml_params()).constraint_steps()  # x0_strength 0.75: starts at step 5
+    assert windows == RerenderEditor(backbone).constraint_steps()  # the code's defaults are the yaml's
     assert windows == {"cross_frame_attention": list(range(5, 20)), "shape_fusion": [],
                        "pixel_fusion": [11, 12, 13, 14, 15], "color_adain": [16, 17, 18, 19]}
     from_noise = RerenderEditor(backbone, x0_strength=1.0, color_adain={"enabled": False}).constraint_steps()
@@ -93,13 +101,10 @@ def test_yaml_defaults_are_the_papers():
     """conf/method/rerender.yaml: the paper's periods, the released code's prompts, EbSynth's vote and the
     released code's blend; the propagation block names every parameter, with the function's defaults."""
     import inspect
-    from pathlib import Path
-
-    import yaml
 
     from vedit.ops.propagation import propagate_keyframes
 
-    params = yaml.safe_load((Path(__file__).parents[1] / "conf" / "method" / "rerender.yaml").read_text())["params"]
+    params = yaml_params()
     assert (params["steps"], params["x0_strength"], params["key_interval"]) == (20, 0.75, 10)
     assert params["shape_fusion"]["period"] == [0.0, 0.1] and params["pixel_fusion"]["period"] == [0.5, 0.8]
     assert params["color_adain"]["period"] == [0.8, 1.0]
@@ -283,6 +288,21 @@ def test_direct_key_frame_flow():
     assert (inner - torch.tensor([12.0, 0.0]).view(2, 1, 1)).abs().median() < 0.5
     with pytest.raises(EditorError, match=r"\(4, 2\)"):
         Estimators().flow_between(with_gt, [(4, 2)])
+
+
+def test_raft_pair_flow_matches_adjacent_flow_for_adjacent_pairs():
+    """The same network on the same frame pairs: pair flows (0, 1), (1, 2) equal the adjacent-frame flows."""
+    from torchvision.models.optical_flow import raft_small
+
+    from vedit.estimators.flow import raft_flow, raft_flow_pairs
+
+    torch.manual_seed(0)
+    model = raft_small().eval()
+    frames = translating_video(num_frames=3, size=64)[0].frames
+    fwd, bwd = raft_flow(frames, model, iters=1)
+    ab, ba = raft_flow_pairs(frames, [(0, 1), (1, 2)], model, iters=1, batch_size=3)
+    torch.testing.assert_close(ab, fwd, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ba, bwd, rtol=0, atol=1e-4)
 
 
 def test_key_flows_are_direct_by_default_and_chained_on_request(backbone):

@@ -118,12 +118,12 @@ def measure(video: torch.Tensor, side: dict, truth: torch.Tensor, keys: list[int
             torch.cuda.synchronize(device)
         return out
 
-    out = run()  # warm-up (allocator, kernels)
     seconds = []
-    for _ in range(repeats):
+    for _ in range(1 + repeats):  # the first run warms up (allocator, kernels); timed only without repeats
         start = time.perf_counter()
         out = run()
         seconds.append(time.perf_counter() - start)
+    seconds = seconds[1:] or seconds
     nonkey = [i for i in range(video.shape[0]) if i not in keys]
     return {"seconds_per_propagated_frame": min(seconds) / max(len(nonkey), 1),
             "psnr_propagated": psnr(out[nonkey], truth[nonkey]), "warp_error": warp_error(out, side)}
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--clips", default="", help="comma-separated clip names (default: all found)")
     parser.add_argument("--synthetic", type=int, default=2, help="number of synthetic scenes (exact flow) to add")
     parser.add_argument("--variants", default="paper,previous", help=f"comma-separated, of {', '.join(VARIANTS)}")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up run")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up run (0: time that run)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
