@@ -22,6 +22,7 @@ from vedit.video import to_float
 @EDITORS.register("framewise")
 class FramewiseEditor(Editor):
     name = "framewise"
+    estimators_used = ("depth", "depth_anything_model", "edges")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "strength": P.number(0, 1, low_open=True),
         "control_scale": P.number(0), "canny_low": P.number(0), "canny_high": P.number(0),

@@ -21,7 +21,7 @@ from vedit.editors.params import ParamError
 from vedit.registry import EDITORS, UnknownNameError
 from vedit.run import SetupError, check_config, failure_groups, open_store, run
 from vedit.store import ResultStore
-from vedit.video import Video, VideoError, read_video, side_by_side, write_video
+from vedit.video import VideoError, read_video, side_by_side, write_video
 
 from test_run import cfg_for
 

@@ -34,11 +34,11 @@ def test_lazy_entry_imports_on_first_lookup_and_decorator_replaces_it():
 
 def test_every_registered_editor_has_a_method_config_and_back():
     names = {p.stem for p in (CONF / "method").glob("*.yaml")}
-    assert names == set(EDITORS.names())
+    assert set(EDITORS.names()) <= names  # every editor has a config named after it
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for name in names:  # as Hydra composes them (a preset may extend another method's config)
+        for name in names:  # as Hydra composes them (a preset extends its method's config)
             cfg = OmegaConf.to_container(compose("config", overrides=[f"method={name}"]).method)
-            assert cfg["name"] == name
+            assert cfg["name"] == name or (cfg["name"] in EDITORS and name.startswith(cfg["name"] + "_")), name
             assert {"name", "family", "params"} <= set(cfg) <= {"name", "family", "params", "resolution"}, name
             if "resolution" in cfg:  # the released code's data.transform, noted when a run differs
                 Transform(**cfg["resolution"])

@@ -124,3 +124,16 @@ def test_bad_videos_in_a_sweep_are_failed_cells_naming_the_input(tmp_path):
     assert "'odd'" in failed["odd"] and "divisible by 8" in failed["odd"]
     assert "'noprompt'" in failed["noprompt"] and "prompt" in failed["noprompt"]
     assert "'broken'" in failed["broken"]
+
+
+def test_estimator_settings_key_the_edits_of_the_editors_that_use_them(tmp_path):
+    from baselines.identity import IdentityEditor
+    from vedit.editors.pix2video import Pix2VideoEditor
+    from vedit.editors.rerender import RerenderEditor
+    from vedit.run import describe_method
+
+    dpt, gt = cfg_for(tmp_path, "estimators.depth=dpt"), cfg_for(tmp_path, "estimators.depth=gt")
+    assert describe_method(dpt, Pix2VideoEditor) != describe_method(gt, Pix2VideoEditor)
+    assert describe_method(dpt, Pix2VideoEditor)["estimators"]["depth"] == "dpt"
+    assert describe_method(dpt, RerenderEditor) == describe_method(gt, RerenderEditor)  # rerender uses no depth
+    assert "estimators" not in describe_method(dpt, IdentityEditor)

@@ -103,7 +103,7 @@ DATASETS = Registry("dataset")
 METRICS = Registry("metric")
 
 # Editors: one module per method (shared code in vedit/editors/base.py), plus installed plugins.
-EDITORS.discover("vedit.editors", skip=("base",))
+EDITORS.discover("vedit.editors", skip=("base", "params"))  # shared modules, not editors
 EDITORS.discover("baselines")
 EDITORS.discover_entry_points("vedit.editors")
 

@@ -171,6 +171,16 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
     return attach_metrics(store, cell.key, cell.task, store.record(cell.key) or record, metrics)
 
 
+def describe_method(cfg: DictConfig, editor_cls: type) -> dict:
+    """The method's part of a cell key: name, parameters and the estimator settings the editor uses
+    (another depth model or mask source is another edit; metric-only settings are not)."""
+    part = {"name": cfg.method.name, "params": OmegaConf.to_container(cfg.method.params, resolve=True)}
+    estimators = OmegaConf.to_container(cfg.estimators, resolve=True)
+    if used := {k: estimators[k] for k in editor_cls.estimators_used if k in estimators}:
+        part["estimators"] = used
+    return part
+
+
 def build_method_backbone(cfg: DictConfig, device: torch.device):
     """The backbone of the method's family (None for methods without one), compiled if asked."""
     if not cfg.method.get("family"):
@@ -237,7 +247,7 @@ def run(cfg: DictConfig) -> RunSummary:
     # methods without a backbone (identity) are keyed and labelled with the configured kind
     backbone_part = {k: v for k, v in backbone.describe().items() if k != "device"} if backbone else \
         {"kind": cfg.backbone.kind}
-    method_part = {"name": method.name, "params": OmegaConf.to_container(method.params, resolve=True)}
+    method_part = describe_method(cfg, editor_cls)
     params = dict(method_part["params"])
     if "latent_cache" in inspect.signature(editor_cls).parameters and cfg.cache_dir:
         params["latent_cache"] = KeyedDiskCache(Path(cfg.cache_dir) / "inversion")

@@ -38,9 +38,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import yaml
 import torch.nn.functional as F
 
-from vedit.editors.rerender import EBSYNTH_PROPAGATION
 from vedit.ops.propagation import propagate_keyframes
 from vedit.ops.warp import backward_warp, occlusion_masks
 from vedit.video import frames_to_uint8, read_video
@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {
     "paper": {},
     "previous": {"selective_vote": True, "blend_temperature": 10.0, "selection": "error", "blend": "histogram"},
-    "ebsynth": dict(EBSYNTH_PROPAGATION),
+    "ebsynth": yaml.safe_load((REPO / "conf/method/rerender_ebsynth.yaml").read_text())["params"]["propagation"],
 }
 
 

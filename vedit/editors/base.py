@@ -57,6 +57,8 @@ class Editor(abc.ABC):
 
     name: str = "editor"
     min_frames: int = 2
+    # keys of the run's `estimators` config that change this editor's output: part of its cells' keys
+    estimators_used: tuple[str, ...] = ()
     # key -> rule (vedit.editors.params) for the constructor's method parameters; keys without a rule
     # are only checked to exist
     PARAMS: ClassVar[dict[str, Rule]] = {}

@@ -111,6 +111,7 @@ class Pix2VideoEditor(Editor):
     """Pix2Video on the SD 2 depth backbone. See the module docstring for the method."""
 
     name = "pix2video"
+    estimators_used = ("depth", "depth_anything_model")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "injection": P.choice(*INJECTIONS),
         "layers": P.layers("decoder", "all"), "latent_update": P.boolean(), "update_step": P.number(0),

@@ -81,7 +81,6 @@ PROPAGATION_PARAMS = set(inspect.signature(propagate_keyframes).parameters) - {
     "source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed"}
 # The released code's EbSynth binary call (video_blend.py): 12 search/vote iterations per level with the
 # style term at weight 1 (its default), pyramid down to a short side of 2 * patch_size + 1 = 11 px.
-EBSYNTH_PROPAGATION = {"style_weight": 1.0, "search_vote_iters": 12, "coarsest_side": 11}
 # (start inclusive, end inclusive) per period, as the released code compares steps with steps * period
 PERIOD_ENDS = {"shape_fusion": (True, True), "pixel_fusion": (False, False), "color_adain": (True, True)}
 SHAPE_FUSION = {"enabled": True, "period": (0.0, 0.1)}
@@ -379,6 +378,7 @@ def _switch(name: str, defaults: dict, given: dict | None) -> dict:
 @EDITORS.register("rerender")
 class RerenderEditor(Editor):
     name = "rerender"
+    estimators_used = ("flow", "edges")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "x0_strength": P.number(0, 1, low_open=True),
         "key_interval": P.integer(1), "control": P.choice("canny", "hed"), "canny_low": P.number(0),
@@ -549,16 +549,6 @@ class RerenderEditor(Editor):
         side = {k: flows[k].to(dev) for k in ("flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd")}
         params = {"seed": task.seed, **self.propagation}
         return propagate_keyframes(frames.to(dev), keys, outputs.to(dev).float(), **side, **params).cpu()
-
-
-@EDITORS.register("rerender_ebsynth")
-class RerenderEbsynthEditor(RerenderEditor):
-    """`rerender` with propagation as the released code runs the EbSynth binary (EBSYNTH_PROPAGATION)."""
-
-    name = "rerender_ebsynth"
-
-    def __init__(self, backbone, estimators=None, propagation: dict | None = None, **params) -> None:
-        super().__init__(backbone, estimators, propagation={**EBSYNTH_PROPAGATION, **(propagation or {})}, **params)
 
 
 class _Sampler:
