@@ -38,8 +38,8 @@ def test_every_option_of_every_group_composes():
 def test_every_method_instantiates_on_the_tiny_backbone_of_its_family(method):
     cfg = composed(f"method={method}", "backbone=tiny")
     backbone = build_backbone("tiny", cfg.method.family) if cfg.method.family else None
-    editor = EDITORS.get(method)(backbone, None, **cfg.method.params) if backbone else EDITORS.get(method)(None)
-    assert editor.name == method
+    editor = EDITORS.get(cfg.method.name)(backbone, None, **cfg.method.params) if backbone else EDITORS.get(cfg.method.name)(None)
+    assert editor.name == cfg.method.name
 
 
 def test_data_configs_instantiate(tmp_path):

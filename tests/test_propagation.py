@@ -119,8 +119,10 @@ def warp_error(video: torch.Tensor, side: dict) -> float:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_propagation_follows_the_scene_on_synthetic_clips(seed: int) -> None:
     """Key frames 0 and 10 of a moving synthetic scene; the painted texture can only be carried by correspondence.
-    Measured (seeds 0/1/2, 64 px, defaults): +8.5/+8.9/+7.3 dB over repeating the nearest key frame; warp error
-    2.9/2.5/2.2x that of the ground-truth stylised video (repeating the nearest key frame: 26/24/17x)."""
+    Measured (seeds 0/1/2, 64 px, defaults): +8.5/+8.9/+7.3 dB over repeating the nearest key frame. Warp error
+    under the exact flow and occlusion (which covers the edge band, so the ground-truth stylisation scores ~1e-5,
+    exact up to resampling): 5.9/5.8/4.1e-4 for the propagated video against 6.8/7.8/4.1e-3 for repeating the
+    nearest key frame."""
     video, side, truth = stylised_synthetic(seed)
     keys, nonkey = [0, 10], list(range(1, 10))
     out = propagate_keyframes(video, keys, truth[keys], side["flow_fwd"], side["flow_bwd"], side["occ_fwd"],
@@ -128,5 +130,6 @@ def test_propagation_follows_the_scene_on_synthetic_clips(seed: int) -> None:
     nearest = truth[[0] * 6 + [10] * 5]
     gain = psnr(out[nonkey], truth[nonkey]) - psnr(nearest[nonkey], truth[nonkey])
     assert gain > 5.0, f"propagation gains only {gain:.2f} dB over repeating the nearest key frame"
-    ratio = warp_error(out, side) / warp_error(truth, side)
-    assert ratio < 4.0, f"warp error {ratio:.2f}x that of the ground-truth stylised video"
+    assert warp_error(truth, side) < 1e-4  # the reference is temporally consistent under this flow
+    flicker, repeated = warp_error(out, side), warp_error(nearest, side)
+    assert flicker < 1e-3 and flicker < 0.2 * repeated, f"warp error {flicker:.2e} (nearest key repeated: {repeated:.2e})"

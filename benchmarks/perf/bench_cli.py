@@ -87,8 +87,8 @@ def main() -> None:
     ap.add_argument("--source", type=Path, required=True, help="folder of jpg/png frames (e.g. DAVIS blackswan)")
     ap.add_argument("--methods", nargs="+", default=["pix2video", "rerender", "vidmp3"])
     ap.add_argument("--frames", nargs="+", type=int, default=[50])
-    ap.add_argument("--override", nargs="*", default=["backbone=random", "metrics.clip.pretrained=null"],
-                    help="Hydra overrides for every run (default: random backbone, random-weight ViT-L/14 CLIP; "
+    ap.add_argument("--override", nargs="*", default=["backbone=random", "+metrics.clip.load_weights=false"],
+                    help="Hydra overrides for every run (default: random backbone, random-weight ViT-L/14 CLIP (same compute); "
                          "CPU smoke test: backbone=tiny metrics=tiny)")
     ap.add_argument("--method-override", action="append", default=[],
                     help="METHOD:override, e.g. vidmp3:+protocol=vidmp3_clip (repeatable)")

@@ -61,20 +61,26 @@ class DavisDataset(Dataset):
 
 
 def read_masks(folder: Path, video: Video) -> torch.Tensor | None:
-    """(T, 1, H, W) {0, 1} from the first T indexed PNGs of `folder` (any non-zero label is the
-    subject), for the T frames read of `video`; None when the folder is absent or annotates fewer
-    frames (e.g. DAVIS test-dev's first-frame-only annotations), with a warning for the latter."""
+    """(N, 1, H, W) {0, 1} from the first N indexed PNGs of `folder` (any non-zero label is the
+    subject), in the source's frame indices and size: the transform that cut and resized `video`
+    while decoding (its meta "transform") cuts and resizes them the same way. None when the folder
+    is absent or annotates fewer frames (e.g. DAVIS test-dev's first-frame-only annotations), with a
+    warning for the latter."""
     from PIL import Image
 
     if not folder.is_dir():
         return None
+    info = video.meta.get("transform")
+    if info:
+        (h, w), needed = info["source_size"], info["start"] + info["stride"] * (info["frames"] - 1) + 1
+    else:
+        (h, w), needed = video.size, video.num_frames
     files = sorted(folder.glob("*.png"))
-    t, (h, w) = video.num_frames, video.size
-    if len(files) < t:
-        log.warning("%s: %d annotation PNGs for %d frames; not used as subject masks", folder, len(files), t)
+    if len(files) < needed:
+        log.warning("%s: %d annotation PNGs for %d frames; not used as subject masks", folder, len(files), needed)
         return None
     masks = []
-    for file in files[:t]:
+    for file in files[:needed]:
         a = np.asarray(Image.open(file))
         if a.shape[:2] != (h, w):
             raise VideoError(f"video {video.id!r}: annotation {file} is {a.shape[1]}x{a.shape[0]}, frames {w}x{h}; "
