@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vedit.data.synthetic import SyntheticDataset, _random_texture, render_video
+from vedit.data.synthetic import stylised_clip
 from vedit.errors import EditorError
 from vedit.ops.propagation import _chains, propagate_keyframes
 from vedit.ops.warp import backward_warp, occlusion_masks
@@ -91,24 +89,6 @@ def test_bad_input_names_the_argument(change: dict, message: str) -> None:
         propagate_keyframes(**{**args, **change})
 
 
-def stylised_synthetic(seed: int, frames: int = 11, size: int = 64):
-    """A synthetic clip, its exact side data and a ground-truth stylisation that is not a per-pixel colour map:
-    half a colour transform of the frame, half a texture painted on every surface of the scene (the clip's
-    layers re-rendered with other textures), which moves with the scene's exact correspondence."""
-    dataset = SyntheticDataset(num_videos=1, num_frames=frames, size=(size, size), seed=seed)
-    vid = dataset.video_ids()[0]
-    item = dataset.load(vid)
-    rng = np.random.default_rng([seed, 99])
-    painted = []
-    for layer in dataset.layers(vid):
-        freq, phase, amp = _random_texture(rng, 6, max_freq=2 * math.pi / 0.12, amp=0.6)
-        painted.append(replace(layer, tex_freq=freq, tex_phase=phase, tex_amp=amp, colour=tuple(rng.uniform(0.3, 0.7, 3))))
-    texture = render_video(painted, frames, (size, size))[0]
-    x = item.video.frames
-    colour = torch.stack([x[:, 2], 1 - x[:, 0], x[:, 1].sqrt()], 1)
-    return x, item.side, (0.5 * colour + 0.5 * texture).clamp(0, 1)
-
-
 def warp_error(video: torch.Tensor, side: dict) -> float:
     """Mean squared difference between frame t and frame t+1 warped back by the exact flow, visible pixels."""
     warped = backward_warp(video[1:], side["flow_fwd"])
@@ -123,7 +103,7 @@ def test_propagation_follows_the_scene_on_synthetic_clips(seed: int) -> None:
     under the exact flow and occlusion (which covers the edge band, so the ground-truth stylisation scores ~1e-5,
     exact up to resampling): 5.9/5.8/4.1e-4 for the propagated video against 6.8/7.8/4.1e-3 for repeating the
     nearest key frame."""
-    video, side, truth = stylised_synthetic(seed)
+    video, side, truth = stylised_clip(seed)
     keys, nonkey = [0, 10], list(range(1, 10))
     out = propagate_keyframes(video, keys, truth[keys], side["flow_fwd"], side["flow_bwd"], side["occ_fwd"],
                               side["occ_bwd"])

@@ -40,19 +40,19 @@ def ping_pong(frames: list[Path], length: int, offset: int = 0) -> list[Path]:
     return [cycle[(offset + i) % len(cycle)] for i in range(length)]
 
 
-def make_dataset(source: Path, length: int, root: Path) -> Path:
-    """Two frame-folder videos of `length` frames and their prompts file (the folder dataset layout)."""
+def make_dataset(source: Path, length: int, root: Path, videos: int = 2) -> Path:
+    """`videos` (1 or 2) frame-folder videos of `length` frames and their prompts file (the folder dataset layout)."""
     frames = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not frames:
         raise SystemExit(f"--source {source} holds no {IMAGE_SUFFIXES} frames")
-    videos = {}
-    for name, offset in (("a_first", 0), ("b_second", len(frames) // 2)):
+    entries = {}
+    for name, offset in (("a_first", 0), ("b_second", len(frames) // 2))[:videos]:
         folder = root / f"{name}_{length}"
         folder.mkdir(parents=True)
         for i, src in enumerate(ping_pong(frames, length, offset)):
             shutil.copyfile(src, folder / f"{i:05d}{src.suffix.lower()}")
-        videos[folder.name] = {"source_prompt": SOURCE_PROMPT, "edit_prompts": [TARGET_PROMPT]}
-    (root / "prompts.yaml").write_text(json.dumps({"videos": videos}, indent=1))  # JSON is YAML
+        entries[folder.name] = {"source_prompt": SOURCE_PROMPT, "edit_prompts": [TARGET_PROMPT]}
+    (root / "prompts.yaml").write_text(json.dumps({"videos": entries}, indent=1))  # JSON is YAML
     return root
 
 
@@ -92,6 +92,7 @@ def main() -> None:
                          "CPU smoke test: backbone=tiny metrics=tiny)")
     ap.add_argument("--method-override", action="append", default=[],
                     help="METHOD:override, e.g. vidmp3:+protocol=vidmp3_clip (repeatable)")
+    ap.add_argument("--videos", type=int, default=2, choices=(1, 2), help="1: the first cell only")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", type=Path, default=None, help="keep the stores here (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None)
@@ -104,7 +105,7 @@ def main() -> None:
     base = args.keep or Path(tempfile.mkdtemp(prefix="vedit-cli-"))
     results = []
     for length in args.frames:
-        data_root = make_dataset(args.source, length, base / f"data_{length}")
+        data_root = make_dataset(args.source, length, base / f"data_{length}", args.videos)
         for method in args.methods:
             work = base / f"{method}_{length}"
             try:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -83,20 +81,9 @@ def real_clip(path: Path, frames: int, size: int) -> tuple[torch.Tensor, dict, t
 
 
 def synthetic_clip(seed: int, frames: int, size: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    from vedit.data.synthetic import SyntheticDataset, _random_texture, render_video
+    from vedit.data.synthetic import stylised_clip
 
-    dataset = SyntheticDataset(num_videos=1, num_frames=frames, size=(size, size), seed=seed)
-    vid = dataset.video_ids()[0]
-    item = dataset.load(vid)
-    rng = np.random.default_rng([seed, 99])
-    painted = []
-    for layer in dataset.layers(vid):
-        freq, phase, amp = _random_texture(rng, 6, max_freq=2 * math.pi / 0.12, amp=0.6)
-        painted.append(replace(layer, tex_freq=freq, tex_phase=phase, tex_amp=amp, colour=tuple(rng.uniform(0.3, 0.7, 3))))
-    texture = render_video(painted, frames, (size, size))[0]
-    x = item.video.frames
-    colour = torch.stack([x[:, 2], 1 - x[:, 0], x[:, 1].sqrt()], 1)
-    return x, item.side, (0.5 * colour + 0.5 * texture).clamp(0, 1)
+    return stylised_clip(seed, frames, size)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
