@@ -34,9 +34,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vedit.data.folder import scan_videos
+from vedit.memory import return_large_frees_to_os
 from vedit.metrics.scoring import attach_metrics
 from vedit.provenance import resolve_device
-from vedit.store import EDITED, ResultStore, cell_key, load_frames_uint8, save_frames_lossless
+from vedit.store import (
+    EDITED,
+    ResultStore,
+    cell_key,
+    load_frames_uint8,
+    save_frames_lossless,
+)
 from vedit.task import EditTask
 from vedit.video import VideoError, read_video
 
@@ -151,6 +158,7 @@ def import_folder(folder: Path, prompts: str, method: str, store: ResultStore) -
 
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Score the store (after importing `cfg.folder` when given) -> records with metric values."""
+    return_large_frees_to_os()
     store_dir = Path(cfg.store_dir)
     if cfg.folder is None and not (store_dir / "cells").is_dir():
         raise EvaluateError(f"store_dir={store_dir} is not a result store (no cells/ folder); give the store_dir "

@@ -30,11 +30,19 @@ from omegaconf import DictConfig, OmegaConf
 from vedit.backbones import BackboneUnavailable, build_backbone
 from vedit.editors.params import ParamError
 from vedit.errors import EditorError
+from vedit.memory import return_large_frees_to_os
 from vedit.metrics.cost import COST_CONVENTIONS, cost_fields
-from vedit.provenance import device_name, git_commit, package_versions, resolve_device
 from vedit.metrics.scoring import attach_metrics, metric_entry
+from vedit.provenance import device_name, git_commit, package_versions, resolve_device
 from vedit.registry import EDITORS, METRICS, UnknownNameError
-from vedit.store import EDITED, METRICS_DIR, ResultStore, cell_key, save_frames_lossless, write_metric_entry
+from vedit.store import (
+    EDITED,
+    METRICS_DIR,
+    ResultStore,
+    cell_key,
+    save_frames_lossless,
+    write_metric_entry,
+)
 from vedit.task import EditTask
 from vedit.tracking.progress import SweepProgress
 from vedit.video import CHUNK, VideoError, side_by_side, to_uint8, write_video
@@ -231,6 +239,7 @@ def _note_resolution(method: DictConfig, dataset) -> None:
 
 
 def run(cfg: DictConfig) -> RunSummary:
+    return_large_frees_to_os()  # long videos: bounded host memory (vedit/memory.py)
     method = cfg.method
     editor_cls = check_config(cfg)
     device = resolve_device(cfg.device)

@@ -89,12 +89,15 @@ def save_frames_lossless(path: Path, frames: Any, fps: float = 10.0) -> None:
     """(T, 3, H, W) uint8 frames -> FFV1 (lossless RGB) in Matroska; any size."""
     import av
 
+    from vedit.video import CHUNK, exact_rate
+
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("ffv1", rate=int(round(fps)) if fps and fps > 0 else 10)
+        stream = container.add_stream("ffv1", rate=exact_rate(fps))
         stream.width, stream.height, stream.pix_fmt = int(frames.shape[3]), int(frames.shape[2]), "bgr0"
-        for img in frames.permute(0, 2, 3, 1).contiguous().numpy():
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
+        for chunk in frames.split(CHUNK):  # one chunk in (H, W, 3) layout at a time
+            for img in chunk.permute(0, 2, 3, 1).contiguous().numpy():
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
 

@@ -9,7 +9,7 @@ here: a missing weight file fails with a message naming it and the ways out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -26,6 +26,7 @@ from vedit.ops.warp import chain_to_first, occlusion_masks, pixel_grid
 from vedit.task import EditTask
 
 FLOW_CHUNK = 8  # frame pairs per occlusion check
+FLOW_PIECE = 16  # frame pairs per cached piece of estimated flow (what a metric holds at once)
 
 __all__ = ["Estimators", "EstimatorError", "DiskCache", "KeyedDiskCache", "model_fingerprint", "dis_flow",
            "raft_flow", "load_raft", "dpt_depth", "depth_anything_depth", "canny_edges", "hed_edges", "load_hed",
@@ -76,34 +77,42 @@ class Estimators:
     def flow(self, task: EditTask, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """flow_fwd, flow_bwd (T-1, 2, H, W) and occ_fwd, occ_bwd (T-1, 1, H, W); see vedit.task.
 
-        Estimated flow is computed in chunks of frame pairs and cached on disk as float16 (occlusion
-        as bool): half the memory and disk of float32, at most 1/64 px rounding below 32 px of motion
-        (1/4 px at 256-512 px). Pass dtype=torch.float16 to keep it that way in memory too (the
-        metrics do, and convert one chunk at a time). Ground truth is returned as the dataset gives it.
+        The pieces of `iter_flow`, put together (an editor that needs every pair at once). Estimated
+        flow is cached on disk as float16 (occlusion as bool): half the memory and disk of float32, at
+        most 1/64 px rounding below 32 px of motion (1/4 px at 256-512 px). Pass dtype=torch.float16 to
+        keep it that way in memory too. Ground truth is returned as the dataset gives it.
+        """
+        if self.flow_method_for(task) == "gt":
+            return self._ground_truth_flow(task)
+        pieces = [piece for _, piece in self.iter_flow(task, dtype)]
+        return {k: torch.cat([piece[k] for piece in pieces]) for k in FLOW_KEYS}
+
+    def iter_flow(self, task: EditTask, dtype: torch.dtype = torch.float16
+                  ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(index of the first pair, flow of up to FLOW_PIECE consecutive pairs) through the video.
+
+        Each piece is estimated from its own frames (uint8, never the whole clip as float) and cached on
+        its own, so a metric that walks the pieces holds one at a time however long the video is.
         """
         if task.video.num_frames < 2:
             raise EstimatorError(f"video {task.video.id!r} has one frame: optical flow needs at least two")
         method = self.flow_method_for(task)
-        has_gt = "flow_fwd" in task.side and "flow_bwd" in task.side
         if method == "gt":
-            if not has_gt:
-                raise EstimatorError(self._no_gt(task, "optical flow", "estimators.flow=dis or raft"))
-            side = task.side
-            if "occ_fwd" in side and "occ_bwd" in side:  # ground truth stays as exact as the dataset gives it
-                return {k: side[k] for k in FLOW_KEYS}
-            occ_fwd, occ_bwd = occlusion_masks(side["flow_fwd"], side["flow_bwd"])
-            return {"flow_fwd": side["flow_fwd"], "flow_bwd": side["flow_bwd"], "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}
-        frames = task.video.frames
+            full = self._ground_truth_flow(task)
+            for start in range(0, full["flow_fwd"].shape[0], FLOW_PIECE):
+                yield start, {k: v[start:start + FLOW_PIECE] for k, v in full.items()}
+            return
+        pixels = task.video.pixels
         if method == "dis":
-            params, compute = {"preset": "medium"}, lambda: dis_flow(frames, dtype=torch.float16)
+            params, compute = {"preset": "medium"}, lambda f: dis_flow(f, dtype=torch.float16)
         else:
             model = self._raft()
             params = {"model": self.raft_name, "weights": model_fingerprint(model), "iters": self.raft_iters}
-            compute = lambda: raft_flow(frames, model, self.raft_iters, dtype=torch.float16)  # noqa: E731
+            compute = lambda f: raft_flow(f, model, self.raft_iters, dtype=torch.float16)  # noqa: E731
         params["storage"] = "float16"
 
-        def with_occlusion() -> dict[str, torch.Tensor]:
-            fwd, bwd = compute()
+        def with_occlusion(frames: torch.Tensor) -> dict[str, torch.Tensor]:
+            fwd, bwd = compute(frames)
             occ_fwd = torch.empty(fwd.shape[0], 1, *fwd.shape[-2:], dtype=torch.bool)
             occ_bwd = torch.empty_like(occ_fwd)
             for i in range(0, fwd.shape[0], FLOW_CHUNK):
@@ -112,8 +121,21 @@ class Estimators:
                 occ_fwd[i:i + FLOW_CHUNK], occ_bwd[i:i + FLOW_CHUNK] = occ_f > 0.5, occ_b > 0.5
             return {"flow_fwd": fwd, "flow_bwd": bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}
 
-        stored = self._cached(task, f"flow-{method}", params, with_occlusion)
-        return {k: v.to(dtype) for k, v in stored.items()}
+        pairs = task.video.num_frames - 1
+        for start in range(0, pairs, FLOW_PIECE):
+            stop = min(pairs, start + FLOW_PIECE)
+            piece = self._cached(task, f"flow-{method}", {**params, "pairs": [start, stop]},
+                                 lambda: with_occlusion(pixels[start:stop + 1]))
+            yield start, {k: v.to(dtype) for k, v in piece.items()}
+
+    def _ground_truth_flow(self, task: EditTask) -> dict[str, torch.Tensor]:
+        side = task.side
+        if "flow_fwd" not in side or "flow_bwd" not in side:
+            raise EstimatorError(self._no_gt(task, "optical flow", "estimators.flow=dis or raft"))
+        if "occ_fwd" in side and "occ_bwd" in side:  # ground truth stays as exact as the dataset gives it
+            return {k: side[k] for k in FLOW_KEYS}
+        occ_fwd, occ_bwd = occlusion_masks(side["flow_fwd"], side["flow_bwd"])
+        return {"flow_fwd": side["flow_fwd"], "flow_bwd": side["flow_bwd"], "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}
 
     def flow_between(self, task: EditTask, pairs: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Flow directly between frames a and b of each pair (a < b), not chained over the frames between.

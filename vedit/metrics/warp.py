@@ -31,7 +31,7 @@ from vedit.metrics.base import Metric, MetricError, to_float
 from vedit.ops.warp import OCCLUSION_RULE, backward_warp, resize_flow
 from vedit.registry import METRICS
 from vedit.task import EditTask
-from vedit.video import Video
+from vedit.video import Video, to_uint8
 
 GT_OCCLUSION = "ground-truth occlusion of the synthetic dataset (hidden, outside, or bilinear sample mixing surfaces)"
 
@@ -73,21 +73,22 @@ class FlowMetric(Metric):
                               f"frames of video {task.video.id!r}; the metric pairs them frame by frame")
 
     def pairs(self, edited: torch.Tensor, task: EditTask, scale: float):
-        """Yield (edited[t], edited[t+1] warped to t, valid mask) per chunk of pairs, at the metric's size."""
-        flow = self.estimators.flow(task, dtype=torch.float16)
-        size = (self.size, self.size) if self.size else tuple(flow["flow_fwd"].shape[-2:])
-        n = edited.shape[0] - 1
-        for start in range(0, n, self.chunk):
-            stop = min(n, start + self.chunk)
-            frames = to_float(edited[start:stop + 1])
-            if tuple(frames.shape[-2:]) != size:
-                frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
-            frames = frames * scale
-            fwd = resize_flow(flow["flow_fwd"][start:stop].float(), size)
-            occ = flow["occ_fwd"][start:stop].float()
-            if tuple(occ.shape[-2:]) != size:
-                occ = F.interpolate(occ, size=size, mode="nearest")
-            yield frames[:-1], backward_warp(frames[1:], fwd), 1.0 - occ
+        """Yield (edited[t], edited[t+1] warped to t, valid mask) per chunk of pairs, at the metric's size;
+        the source flow is read a piece at a time (`Estimators.iter_flow`)."""
+        for base, flow in self.estimators.iter_flow(task, dtype=torch.float16):
+            size = (self.size, self.size) if self.size else tuple(flow["flow_fwd"].shape[-2:])
+            for offset in range(0, flow["flow_fwd"].shape[0], self.chunk):
+                piece = slice(offset, offset + self.chunk)
+                fwd = resize_flow(flow["flow_fwd"][piece].float(), size)
+                start = base + offset
+                frames = to_float(edited[start:start + fwd.shape[0] + 1])
+                if tuple(frames.shape[-2:]) != size:
+                    frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+                frames = frames * scale
+                occ = flow["occ_fwd"][piece].float()
+                if tuple(occ.shape[-2:]) != size:
+                    occ = F.interpolate(occ, size=size, mode="nearest")
+                yield frames[:-1], backward_warp(frames[1:], fwd), 1.0 - occ
 
 
 @METRICS.register("warp_error")
@@ -209,19 +210,23 @@ class MotionAlignment(FlowMetric):
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_pairs(edited, task)
         size = (self.size, self.size) if self.size else tuple(task.video.size)
-        frames = torch.cat([to_float(c) for c in edited.split(self.chunk)])
-        if tuple(frames.shape[-2:]) != tuple(task.video.size):
-            frames = F.interpolate(frames, size=tuple(task.video.size), mode="bilinear", antialias=True)
-        edited_video = Video(frames, fps=task.video.fps, id=f"{task.video.id}/edited")
-        ours = self.estimators.flow(_without_side(edited_video), dtype=torch.float16)
-        theirs = self.estimators.flow(_without_side(task.video), dtype=torch.float16)
+        pixels = torch.cat([_resized_uint8(c, tuple(task.video.size)) for c in edited.split(self.chunk)])
+        edited_video = Video(pixels, fps=task.video.fps, id=f"{task.video.id}/edited")
         epe = []
-        n = frames.shape[0] - 1
-        for start in range(0, n, self.chunk):
-            a = resize_flow(ours["flow_fwd"][start:start + self.chunk].float(), size)
-            b = resize_flow(theirs["flow_fwd"][start:start + self.chunk].float(), size)
-            epe.append((a - b).norm(dim=1).mean((1, 2)))
+        for (_, ours), (_, theirs) in zip(self.estimators.iter_flow(_without_side(edited_video)),
+                                          self.estimators.iter_flow(_without_side(task.video))):
+            for offset in range(0, ours["flow_fwd"].shape[0], self.chunk):
+                a = resize_flow(ours["flow_fwd"][offset:offset + self.chunk].float(), size)
+                b = resize_flow(theirs["flow_fwd"][offset:offset + self.chunk].float(), size)
+                epe.append((a - b).norm(dim=1).mean((1, 2)))
         return {self.name: -torch.cat(epe).double().mean().item()}
+
+
+def _resized_uint8(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Frames as uint8 at `size` (bilinear, antialiased, when they differ)."""
+    if tuple(frames.shape[-2:]) != size:
+        frames = F.interpolate(to_float(frames), size=size, mode="bilinear", antialias=True)
+    return to_uint8(frames)
 
 
 def _without_side(video: Video) -> EditTask:
