@@ -191,3 +191,19 @@ def test_raft_in_chunks_equals_one_batch():
     chunked = raft_flow((frames * 255).round().to(torch.uint8), model, iters=1, batch_size=1)
     for a, b in zip(one, chunked):
         torch.testing.assert_close(a, b, atol=0.05, rtol=0)  # 8-bit input; same pairs, same directions
+
+
+def test_flow_is_estimated_and_read_in_pieces(tmp_path, monkeypatch):
+    import vedit.estimators as est_module
+
+    monkeypatch.setattr(est_module, "FLOW_PIECE", 3)
+    task = translated_task(frames=8)
+    est = Estimators(flow="dis", cache_dir=tmp_path)
+    pieces = list(est.iter_flow(task))
+    assert [start for start, _ in pieces] == [0, 3, 6] and [p["flow_fwd"].shape[0] for _, p in pieces] == [3, 3, 1]
+    whole = est.flow(task, dtype=torch.float16)  # put together from the cached pieces: no new estimate
+    assert est.cache.misses == 3 and est.cache.hits == 3
+    for key in ("flow_fwd", "occ_bwd"):
+        torch.testing.assert_close(whole[key], torch.cat([p[key] for _, p in pieces]))
+    epe = (whole["flow_fwd"][:, :, 8:-8, 8:-8].float() - torch.tensor([3.0, 2.0]).view(1, 2, 1, 1)).norm(dim=1)
+    assert epe.mean() < 0.3  # every piece, the last one included, is a real estimate of its own pairs
