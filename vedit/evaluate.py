@@ -31,7 +31,7 @@ import hydra
 import torch
 import yaml
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vedit.data.folder import scan_videos
 from vedit.memory import return_large_frees_to_os
@@ -56,13 +56,11 @@ class EvaluateError(ValueError):
 
 
 def build_metrics(cfg: DictConfig) -> list:
-    from vedit.estimators import Estimators
+    from vedit.run import build_estimators
     from vedit.run import build_metrics as build
 
     device = resolve_device(cfg.device)
-    estimators = Estimators(**OmegaConf.to_container(cfg.estimators, resolve=True), cache_dir=cfg.cache_dir,
-                            device=str(device))
-    return build(cfg, estimators, device)
+    return build(cfg, build_estimators(cfg, device), device)
 
 
 class TaskBuilder:

@@ -93,6 +93,14 @@ def build_metrics(cfg: DictConfig, estimators, device: torch.device) -> list:
     return metrics
 
 
+def build_estimators(cfg: DictConfig, device: torch.device):
+    """The run's estimators (`cfg.estimators`), caching under `cfg.cache_dir`."""
+    from vedit.estimators import Estimators
+
+    return Estimators(**OmegaConf.to_container(cfg.estimators, resolve=True), cache_dir=cfg.cache_dir,
+                      device=str(device))
+
+
 def iter_cells(cfg: DictConfig, dataset, method_part: dict, backbone_part: dict) -> Any:
     """Yield (video id, [Cell]) per video: one cell per (source prompt, target prompt).
 
@@ -246,10 +254,9 @@ def run(cfg: DictConfig) -> RunSummary:
     store = open_store(cfg.store_dir)
     dataset = instantiate(cfg.data)
     _note_resolution(method, dataset)
-    from vedit.estimators import Estimators, KeyedDiskCache
+    from vedit.estimators import KeyedDiskCache
 
-    estimators = Estimators(**OmegaConf.to_container(cfg.estimators, resolve=True),
-                            cache_dir=cfg.cache_dir, device=str(device))
+    estimators = build_estimators(cfg, device)
     load_start = time.perf_counter()
     backbone = build_method_backbone(cfg, device)
     load_seconds = time.perf_counter() - load_start

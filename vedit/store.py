@@ -87,32 +87,16 @@ def read_metric_entries(cell_dir: Path) -> list[dict]:
 
 def save_frames_lossless(path: Path, frames: Any, fps: float = 10.0) -> None:
     """(T, 3, H, W) uint8 frames -> FFV1 (lossless RGB) in Matroska; any size."""
-    import av
+    from vedit.video import write_video
 
-    from vedit.video import CHUNK, exact_rate
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("ffv1", rate=exact_rate(fps))
-        stream.width, stream.height, stream.pix_fmt = int(frames.shape[3]), int(frames.shape[2]), "bgr0"
-        for chunk in frames.split(CHUNK):  # one chunk in (H, W, 3) layout at a time
-            for img in chunk.permute(0, 2, 3, 1).contiguous().numpy():
-                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, frames, fps=fps, lossless=True)
 
 
 def load_frames_uint8(path: Path) -> Any:
     """A video file (any container PyAV reads) -> (T, 3, H, W) uint8 tensor."""
-    import av
-    import numpy as np
-    import torch
+    from vedit.video import read_video
 
-    with av.open(str(path)) as container:
-        arrays = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not arrays:
-        raise ValueError(f"{path} decodes to no frames")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return read_video(path).pixels
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -236,10 +236,11 @@ class _Counter:
 
 
 def write_video(path: str | Path, frames: torch.Tensor | Iterable[torch.Tensor], fps: float = 10.0,
-                crf: int = 18) -> None:
+                crf: int = 18, lossless: bool = False) -> None:
     """Write (T, 3, H, W) frames (uint8, or float in [0, 1]) -- or an iterable of such chunks -- as
-    H.264 mp4 (yuv420p: odd sizes are padded), converting one chunk at a time. The frame rate is kept
-    exact (29.97 fps is written as 30000/1001)."""
+    H.264 mp4 (yuv420p: odd sizes are padded), or with `lossless` as FFV1 RGB (any size, every value
+    kept; Matroska), converting one chunk at a time. The frame rate is kept exact (29.97 fps is
+    written as 30000/1001)."""
     import av
 
     chunks = frames.split(CHUNK) if isinstance(frames, torch.Tensor) else frames
@@ -250,10 +251,13 @@ def write_video(path: str | Path, frames: torch.Tensor | Iterable[torch.Tensor],
         for chunk in chunks:
             arr = frames_to_uint8(chunk)
             _, h, w, _ = arr.shape
-            ph, pw = h + h % 2, w + w % 2
+            ph, pw = (h, w) if lossless else (h + h % 2, w + w % 2)
             if (ph, pw) != (h, w):
                 arr = np.pad(arr, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-            if stream is None:
+            if stream is None and lossless:
+                stream = container.add_stream("ffv1", rate=exact_rate(fps))
+                stream.width, stream.height, stream.pix_fmt = pw, ph, "bgr0"
+            elif stream is None:
                 stream = container.add_stream("libx264", rate=exact_rate(fps))
                 stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
                 stream.options = {"crf": str(crf), "preset": "ultrafast"}  # encoder setup dominates short clips

@@ -8,15 +8,11 @@ from typing import Any, Iterator
 import torch
 
 from vedit.task import EditTask
+from vedit.video import to_float
 
 
 class MetricError(ValueError):
     """A metric that cannot be computed for this input; the message names the video and the fix."""
-
-
-def to_float(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (0-255) or float [0, 1] frames -> float32 in [0, 1]."""
-    return frames.float().div_(255) if frames.dtype == torch.uint8 else frames.float()
 
 
 def frame_chunks(frames: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
