@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import vedit.editors.tokenflow as tokenflow
 from vedit.backbones import build_backbone
@@ -34,13 +33,9 @@ from vedit.backbones.compile import compile_blocks
 from vedit.task import EditTask
 from vedit.video import Video
 
+from bench_pix2video import smooth_random  # this folder is on sys.path when run as a script
+
 SOURCE, TARGET = "a woman running", "a marble sculpture of a woman running, Venus de Milo"
-
-
-def smooth_random(shape: tuple[int, ...], size: int, generator: torch.Generator) -> torch.Tensor:
-    """Random images upsampled from 1/16 resolution: image-like low frequencies, in [0, 1]."""
-    low = torch.rand(*shape[:2], max(size // 16, 2), max(size // 16, 2), generator=generator)
-    return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 def released_attend(attn, hidden_states, key_input, value_input):

@@ -15,7 +15,6 @@ from vedit.errors import EstimatorError
 from vedit.estimators.depth import IMAGENET_MEAN, IMAGENET_STD
 
 MASK_METHODS = ("dataset", "salient", "none")
-MASK_SOURCES = ("dataset", "gt", "salient", "none")  # what a record's editor_info["mask_source"] may say
 GROUND_TRUTH_DATASETS = ("synthetic",)  # generated masks are exact: recorded as "gt", not "dataset"
 SALIENT_MODEL = "CIDAS/clipseg-rd64-refined"
 CLIPSEG_SIZE = 352  # the resolution CLIPSeg was trained at (its processor resizes to it)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -37,11 +37,6 @@ def metric_entry(metric: Metric, frames: torch.Tensor, task: EditTask, frames_so
     return {"metric": metric.name, "metric_key": metric_key(config), "config": config,
             "models": models, "values": values, "higher_is_better": metric.higher_is_better,
             "convention": metric.convention, "frames": frames_source, "computed_at": time.time()}
-
-
-def models_label(models: dict[str, Any]) -> str:
-    """Short readable label of the metric models, e.g. 'clip ViT-L-14/openai, flow raft'."""
-    return ", ".join(f"{k} {v}" for k, v in sorted(models.items()) if not k.endswith("_tiny")) or "-"
 
 
 def with_metrics(record: dict, entries: list[dict]) -> dict:
