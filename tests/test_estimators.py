@@ -38,6 +38,24 @@ def test_dis_recovers_a_translation():
     assert (bwd + torch.tensor([3.0, 2.0]).view(1, 2, 1, 1)).norm(dim=1).mean() < 0.3
 
 
+def test_dis_on_threads_equals_one_instance_pair_by_pair():
+    """Pairs run on a thread pool, each thread with its own DIS instance: the same flow as one instance."""
+    import cv2
+
+    from vedit.estimators.flow import _gray, dis_flow, dis_flow_pairs
+
+    frames = torch.stack([noise_texture(48, 64, seed) for seed in range(6)])
+    gray = [_gray(f) for f in frames]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    fwd, bwd = dis_flow(frames)
+    for i in range(5):
+        assert torch.equal(fwd[i], torch.from_numpy(dis.calc(gray[i], gray[i + 1], None)).permute(2, 0, 1))
+        assert torch.equal(bwd[i], torch.from_numpy(dis.calc(gray[i + 1], gray[i], None)).permute(2, 0, 1))
+    ab, ba = dis_flow_pairs(frames, [(0, 5), (2, 3)])
+    assert torch.equal(ab[0], torch.from_numpy(dis.calc(gray[0], gray[5], None)).permute(2, 0, 1))
+    assert torch.equal(ba[1], torch.from_numpy(dis.calc(gray[3], gray[2], None)).permute(2, 0, 1))
+
+
 def noise_texture(h, w, seed):
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, h // 4, w // 4, generator=g)

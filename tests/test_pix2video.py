@@ -218,6 +218,24 @@ def test_wrong_backbone_family_and_bad_settings_are_refused(bb64):
         editor(bb64).edit(bad_depth)
 
 
+def test_inversion_in_padded_batches_equals_one_batch(bb64):
+    """5 frames inverted in batches of 2 padded to 4, or 3 padded to 8, give the one-batch x_T."""
+    task = random_task(frames=5, seed=3)
+    depth = editor(bb64).prepare_depth(task)
+    source = bb64.encode_prompt([task.source_prompt])
+    latents = bb64.encode_images(task.video.frames).double()
+    whole = editor(bb64, inversion_batch_size=5, batch_multiple=None).invert(latents, depth, source)
+    for size, multiple in ((2, 4), (3, 8)):
+        sizes = set()
+        hook = bb64.unet.register_forward_hook(lambda _m, args, _o: sizes.add(args[0].shape[0]))
+        try:
+            padded = editor(bb64, inversion_batch_size=size, batch_multiple=multiple).invert(latents, depth, source)
+        finally:
+            hook.remove()
+        assert sizes == {multiple} and padded.shape == whole.shape
+        torch.testing.assert_close(padded, whole, rtol=1e-9, atol=1e-9)
+
+
 def test_registry_and_config_agree():
     assert EDITORS.get("pix2video") is Pix2VideoEditor
     conf = yaml.safe_load((REPO / "conf/method/pix2video.yaml").read_text())

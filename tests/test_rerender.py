@@ -13,7 +13,7 @@ from vedit.errors import EditorError
 from vedit.editors.rerender import (ADDED_PROMPT, NEGATIVE_PROMPT, PERIOD_ENDS, KeyFrameAttention, RerenderEditor,
                                     adain, chained_flow, inpainting_rescale, key_frame_indices, match_colour,
                                     period_steps, pixel_reference, restore_luminosity, soften_occlusion, start_step,
-                                    wavefront_plan)
+                                    WavefrontAttention, wavefront_plan)
 from vedit.estimators import Estimators
 from vedit.ops.warp import backward_warp
 from vedit.task import EditTask
@@ -390,3 +390,25 @@ def test_wavefront_equals_sequential_with_every_constraint_on(backbone, monkeypa
     assert torch.equal(results["sequential"], results["wavefront"])
     expected = (22, 13) if not params else (22 + 6, 19)
     assert (results["sequential_calls"], results["wavefront_calls"]) == expected
+
+
+def test_wavefront_padding_gives_few_batch_shapes_and_the_same_result(backbone):
+    """batch_multiple=2 pads every call to an even number of passes (4, 8, ... rows) with K/V of one
+    length; unpadded calls have 1 to 4 passes. The padded rows are dropped: same frames (float64)."""
+    task = make_task(num_frames=4)
+    frames, sizes = {}, {}
+    for multiple in (None, 2):
+        seen = []
+        hook = backbone.unet.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[0]))
+        try:
+            frames[multiple] = run(backbone, task, x0_strength=1.0, batch_multiple=multiple, **ALL_ON)
+        finally:
+            hook.remove()
+        sizes[multiple] = set(seen)
+    assert sizes[None] == {2, 4, 6, 8} and sizes[2] == {4, 8}
+    torch.testing.assert_close(frames[2], frames[None], rtol=1e-9, atol=1e-9)
+
+    attention = WavefrontAttention(fixed_length=True)
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    attention.begin_call([(0, 0, True), (0, 0, False)])  # the first key frame alone, padded
+    assert torch.equal(attention("a", x), torch.cat([x, x], dim=1))

@@ -116,14 +116,15 @@ class Pix2VideoEditor(Editor):
         "steps": P.integer(1), "guidance_scale": P.number(), "injection": P.choice(*INJECTIONS),
         "layers": P.layers("decoder", "all"), "latent_update": P.boolean(), "update_step": P.number(0),
         "update_window": P.period(), "schedule": P.choice(*SCHEDULES), "inversion_batch_size": P.integer(1),
-        "sampling_batch_size": P.integer(1, optional=True),
+        "vae_batch": P.integer(1), "sampling_batch_size": P.integer(1, optional=True),
+        "batch_multiple": P.integer(1, optional=True),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  injection: str = "anchor+previous", layers: str | Sequence[str] = "decoder",
                  latent_update: bool = True, update_step: float = 100.0,
                  update_window: Sequence[float] = (0.0, 0.5), schedule: str = "wavefront",
-                 inversion_batch_size: int = 8, sampling_batch_size: int | None = None,
+                 inversion_batch_size: int = 32, vae_batch: int = 8, sampling_batch_size: int | None = None,
                  batch_multiple: int | None = 8, latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         if injection not in INJECTIONS:
@@ -134,10 +135,10 @@ class Pix2VideoEditor(Editor):
         if len(window) != 2 or not 0.0 <= window[0] <= window[1] <= 1.0:
             raise ValueError(f"pix2video: update_window={list(update_window)} must be [start, end] "
                              "fractions of the steps with 0 <= start <= end <= 1")
-        if steps < 1 or inversion_batch_size < 1 or any(v is not None and v < 1 for v in
-                                                         (sampling_batch_size, batch_multiple)):
-            raise ValueError("pix2video: steps, inversion_batch_size, sampling_batch_size and batch_multiple "
-                             "must be >= 1")
+        if steps < 1 or inversion_batch_size < 1 or vae_batch < 1 or any(
+                v is not None and v < 1 for v in (sampling_batch_size, batch_multiple)):
+            raise ValueError("pix2video: steps, inversion_batch_size, vae_batch, sampling_batch_size and "
+                             "batch_multiple must be >= 1")
         self.steps = int(steps)
         self.guidance_scale = float(guidance_scale)
         self.injection = injection
@@ -147,6 +148,7 @@ class Pix2VideoEditor(Editor):
         self.update_window = window
         self.schedule = schedule
         self.inversion_batch_size = int(inversion_batch_size)
+        self.vae_batch = int(vae_batch)
         self.sampling_batch_size = sampling_batch_size
         self.batch_multiple = batch_multiple
         self.latent_cache = latent_cache
@@ -193,7 +195,7 @@ class Pix2VideoEditor(Editor):
         with timer.phase("sampling"):
             latents = self.sample(noise, depth, uncond, target)
             frames = torch.cat([self.backbone.decode_latents(chunk).cpu()
-                                for chunk in latents.split(self.inversion_batch_size)])
+                                for chunk in latents.split(self.vae_batch)])
         return timer.result(frames, schedule=self.schedule, unet_calls=self.num_unet_calls(task.video.num_frames),
                             inversion_cached=cached)
 
@@ -204,7 +206,7 @@ class Pix2VideoEditor(Editor):
         if self.latent_cache is not None and key in self.latent_cache:
             return self.latent_cache[key].to(self.device, self._latent_dtype), True
         latents = torch.cat([self.backbone.encode_images(chunk)
-                             for chunk in task.video.chunks(self.inversion_batch_size)])
+                             for chunk in task.video.chunks(self.vae_batch)])
         noise = self.invert(latents.to(self._latent_dtype), depth, source_embeds)
         if self.latent_cache is not None:
             self.latent_cache[key] = noise.cpu()
@@ -219,12 +221,17 @@ class Pix2VideoEditor(Editor):
 
     @torch.no_grad()
     def invert(self, latents: torch.Tensor, depth: torch.Tensor, source_embeds: torch.Tensor) -> torch.Tensor:
-        """DDIM inversion (guidance 1, depth conditioned) of clean latents (T, 4, h, w) -> x_T, in batches."""
+        """DDIM inversion (guidance 1, depth conditioned) of clean latents (T, 4, h, w) -> x_T, in batches
+        of `inversion_batch_size` frames, the last padded with copies of its last frame to a multiple of
+        `batch_multiple` (the copies are dropped; fewer batch shapes, as in sampling)."""
         ddim = DDIM(self.backbone.scheduler(), self.steps)
         out = []
         for x0, d in zip(latents.split(self.inversion_batch_size), depth.split(self.inversion_batch_size)):
+            n = x0.shape[0]
+            pad = -n % self.batch_multiple if self.batch_multiple else 0
+            x0, d = (torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) for v in (x0, d))
             emb = source_embeds.expand(x0.shape[0], -1, -1)
-            out.append(ddim.invert(x0, lambda x, t, i: self._eps(x, d, t, emb))[0])
+            out.append(ddim.invert(x0, lambda x, t, i: self._eps(x, d, t, emb))[0][:n])
         return torch.cat(out)
 
     @torch.no_grad()

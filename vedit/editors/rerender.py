@@ -246,12 +246,14 @@ class WavefrontAttention:
     step s of key frame n attends to: itself (n = 0), the first key frame (n = 1, as the sequential
     loop does for [first; first]), or [first; key frame n-1] (n >= 2). When a call mixes K/V
     lengths, the shorter ones are doubled ([a; a] attends like [a], up to rounding) so that one
-    attention call serves the whole batch.
+    attention call serves the whole batch; `fixed_length` doubles them in every call, so that the
+    K/V length never varies (one attention shape per batch size).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fixed_length: bool = False) -> None:
         self.features: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._rows: list[tuple[int, int, bool]] = []
+        self.fixed_length = fixed_length
 
     def begin_call(self, rows: list[tuple[int, int, bool]]) -> None:
         """rows: per row group (key frame position, step, whether to record its features)."""
@@ -266,7 +268,7 @@ class WavefrontAttention:
                 self.features.setdefault((n, i), {})[name] = own if single else own.clone()  # a view pins the batch
             firsts.append(own if n == 0 else self.features[(0, i)][name])
             seconds.append(self.features[(n - 1, i)][name] if n >= 2 else None)
-        if all(s is None for s in seconds):
+        if all(s is None for s in seconds) and not self.fixed_length:
             return x if single and self._rows[0][0] == 0 else torch.cat(firsts)
         seconds = [f if s is None else s for f, s in zip(firsts, seconds)]
         return torch.cat([torch.cat(firsts), torch.cat(seconds)], dim=1)
@@ -390,7 +392,7 @@ class RerenderEditor(Editor):
                                   "fidelity_threshold": P.number(0)}),
         "color_adain": P.fields({"enabled": P.boolean(), "period": P.period()}),
         "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
-        "sampling_batch_size": P.integer(1, optional=True),
+        "sampling_batch_size": P.integer(1, optional=True), "batch_multiple": P.integer(1, optional=True),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
                                  "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
     }
@@ -402,7 +404,7 @@ class RerenderEditor(Editor):
                  shape_fusion: dict | None = None, pixel_fusion: dict | None = None,
                  color_adain: dict | None = None, color_correction: bool = False,
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
-                 sampling_batch_size: int | None = None, added_prompt: str = ADDED_PROMPT,
+                 sampling_batch_size: int | None = None, batch_multiple: int | None = 2, added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
         if not 0.0 < x0_strength <= 1.0:
@@ -417,6 +419,8 @@ class RerenderEditor(Editor):
             raise EditorError(f"rerender: key_flow={key_flow!r} is unknown; use one of {KEY_FLOWS}")
         if sampling_batch_size is not None and int(sampling_batch_size) < 1:
             raise EditorError(f"rerender: sampling_batch_size={sampling_batch_size} must be >= 1 (or null = no limit)")
+        if batch_multiple is not None and int(batch_multiple) < 1:
+            raise EditorError(f"rerender: batch_multiple={batch_multiple} must be >= 1 (or null = no padding)")
         self.steps, self.guidance_scale, self.x0_strength = steps, guidance_scale, x0_strength
         self.key_interval, self.control, self.canny = int(key_interval), control, (canny_low, canny_high)
         self.control_scale = control_scale
@@ -431,6 +435,7 @@ class RerenderEditor(Editor):
             raise EditorError(f"rerender: propagation has unknown keys {sorted(unknown)}; known: {sorted(PROPAGATION_PARAMS)}")
         self.schedule = schedule
         self.sampling_batch_size = None if sampling_batch_size is None else int(sampling_batch_size)
+        self.batch_multiple = None if batch_multiple is None else int(batch_multiple)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
 
     def constraint_steps(self) -> dict[str, list[int]]:
@@ -564,7 +569,7 @@ class _Sampler:
         self.adain_steps = set(windows["color_adain"])
         self.pixel_steps = windows["pixel_fusion"]
         self.attention = KeyFrameAttention()
-        self.wave_attention = WavefrontAttention()
+        self.wave_attention = WavefrontAttention(fixed_length=bool(editor.batch_multiple))
         self.first_x0: dict[int, torch.Tensor] = {}
         self.unet_calls = 0
 
@@ -689,8 +694,12 @@ class _Sampler:
                 if n > 0 and not fused and i == resume_at:
                     lane.saved = (lane.x, lane.direction)
                 rows.append((n, i, is_final_pass(n, fused, i, fused_begin) and (n == 0 or n < last)))
-            self.wave_attention.begin_call(rows)
-            for lane, (n, fused, i), eps in zip(batch, call, self.eps_batch(batch, [i for _, _, i in call])):
+            # Padded with copies of the last pass to a multiple of `batch_multiple` passes (dropped after
+            # the call): a few batch shapes instead of one per call size, each costing kernel set-up.
+            pad = -len(call) % self.ed.batch_multiple if self.ed.batch_multiple else 0
+            self.wave_attention.begin_call(rows + [rows[-1][:2] + (False,)] * pad)
+            eps_all = self.eps_batch(batch + [batch[-1]] * pad, [i for _, _, i in call] + [call[-1][2]] * pad)
+            for lane, (n, fused, i), eps in zip(batch, call, eps_all):
                 a_t, a_prev = self.alphas(i)
                 x0 = self.constrain_x0((lane.x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t), i, lane.key)
                 lane.direction = math.sqrt(1 - a_prev) * eps

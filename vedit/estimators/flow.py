@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,21 +26,35 @@ def _gray(frame: torch.Tensor) -> np.ndarray:
     return cv2.cvtColor(frames_to_uint8(frame[None])[0], cv2.COLOR_RGB2GRAY)
 
 
+def _dis_map(fn, n: int, preset: int) -> None:
+    """fn(dis, i) for i < n on a few threads, each with its own DIS instance (OpenCV releases the GIL;
+    each pair is computed alone, so the results do not depend on the threads)."""
+    local = threading.local()
+
+    def call(i: int) -> None:
+        if not hasattr(local, "dis"):
+            local.dis = cv2.DISOpticalFlow_create(preset)
+        fn(local.dis, i)
+
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, n))) as pool:
+        list(pool.map(call, range(n)))
+
+
 def dis_flow(frames: torch.Tensor, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """OpenCV DIS optical flow between consecutive frames -> (flow_fwd, flow_bwd), (T-1, 2, H, W).
 
-    Frames are uint8 or float in [0, 1]; one pair at a time, results written into `dtype` tensors.
+    Frames are uint8 or float in [0, 1]; pairs on a few threads, results written into `dtype` tensors.
     """
     t, _, h, w = frames.shape
     fwd, bwd = torch.empty(t - 1, 2, h, w, dtype=dtype), torch.empty(t - 1, 2, h, w, dtype=dtype)
-    dis = cv2.DISOpticalFlow_create(preset)
-    prev = _gray(frames[0])
-    for i in range(t - 1):
-        cur = _gray(frames[i + 1])
-        fwd[i] = torch.from_numpy(dis.calc(prev, cur, None)).permute(2, 0, 1)
-        bwd[i] = torch.from_numpy(dis.calc(cur, prev, None)).permute(2, 0, 1)
-        prev = cur
+    gray = [_gray(frame) for frame in frames]
+
+    def pair(dis, i: int) -> None:
+        fwd[i] = torch.from_numpy(dis.calc(gray[i], gray[i + 1], None)).permute(2, 0, 1)
+        bwd[i] = torch.from_numpy(dis.calc(gray[i + 1], gray[i], None)).permute(2, 0, 1)
+
+    _dis_map(pair, t - 1, preset)
     return fwd, bwd
 
 
@@ -88,9 +105,13 @@ def dis_flow_pairs(frames: torch.Tensor, pairs: list[tuple[int, int]],
     """OpenCV DIS flow directly between frames a and b of each pair -> (a to b, b to a), (N, 2, H, W)."""
     used = sorted({i for pair in pairs for i in pair})
     gray = {i: cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) for i, img in zip(used, frames_to_uint8(frames[used]))}
-    dis = cv2.DISOpticalFlow_create(preset)
-    ab = [dis.calc(gray[a], gray[b], None) for a, b in pairs]
-    ba = [dis.calc(gray[b], gray[a], None) for a, b in pairs]
+    ab, ba = [None] * len(pairs), [None] * len(pairs)
+
+    def pair(dis, i: int) -> None:
+        a, b = pairs[i]
+        ab[i], ba[i] = dis.calc(gray[a], gray[b], None), dis.calc(gray[b], gray[a], None)
+
+    _dis_map(pair, len(pairs), preset)
     return (torch.from_numpy(np.stack(ab)).permute(0, 3, 1, 2).float(),
             torch.from_numpy(np.stack(ba)).permute(0, 3, 1, 2).float())
 
