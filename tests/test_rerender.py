@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vedit.backbones import build_backbone
+from vedit.editors.params import ParamError
 from vedit.errors import EditorError
 from vedit.editors.rerender import (ADDED_PROMPT, NEGATIVE_PROMPT, PERIOD_ENDS, KeyFrameAttention, RerenderEditor,
                                     adain, chained_flow, inpainting_rescale, key_frame_indices, match_colour,
@@ -412,3 +413,18 @@ def test_wavefront_padding_gives_few_batch_shapes_and_the_same_result(backbone):
     x = torch.randn(4, 5, 3, dtype=torch.float64)
     attention.begin_call([(0, 0, True), (0, 0, False)])  # the first key frame alone, padded
     assert torch.equal(attention("a", x), torch.cat([x, x], dim=1))
+
+
+def test_attention_kernels_restrict_sdpa_inside_the_edit_only():
+    """The editor's `attention_kernels` apply to its attention calls and nowhere else: on the CPU the
+    'efficient' kernel does not exist, so an edit restricted to it fails, while SDPA outside works;
+    'math' alone gives the frames of the default kernels (float64)."""
+    bb = build_backbone("tiny", "sd15-controlnet", dtype="float64")
+    task = make_task(num_frames=3)
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="kernel"):
+        run(bb, task, attention_kernels=["efficient"])
+    torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    torch.testing.assert_close(run(bb, task, attention_kernels=["math"]), run(bb, task, attention_kernels=None))
+    with pytest.raises(ParamError, match=r"attention_kernels=\['cudnn', 'fast'\] is not allowed"):
+        RerenderEditor.check_params({"attention_kernels": ["cudnn", "fast"]})

@@ -70,6 +70,18 @@ def choice(*options: Any) -> Rule:
     return lambda v: None if v in options else f"one of {list(options)}"
 
 
+def subset(*options: Any, optional: bool = False) -> Rule:
+    """A non-empty list of distinct items from `options` (or null when optional)."""
+    allowed = f"a non-empty list of {list(options)}" + (" or null" if optional else "")
+
+    def rule(v: Any) -> str | None:
+        if v is None and optional:
+            return None
+        ok = isinstance(v, (list, tuple)) and 0 < len(v) == len(set(v)) and all(x in options for x in v)
+        return None if ok else allowed
+    return rule
+
+
 def period() -> Rule:
     """[start, end] fractions of the schedule with 0 <= start <= end <= 1."""
     def rule(v: Any) -> str | None:

@@ -25,7 +25,8 @@ import torch
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import InjectedKVAttnProcessor, attention_processors, self_attention_layers
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
+                                 self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.depth import normalize_depth
 from vedit.registry import EDITORS
@@ -117,7 +118,7 @@ class Pix2VideoEditor(Editor):
         "layers": P.layers("decoder", "all"), "latent_update": P.boolean(), "update_step": P.number(0),
         "update_window": P.period(), "schedule": P.choice(*SCHEDULES), "inversion_batch_size": P.integer(1),
         "vae_batch": P.integer(1), "sampling_batch_size": P.integer(1, optional=True),
-        "batch_multiple": P.integer(1, optional=True),
+        "batch_multiple": P.integer(1, optional=True), "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
@@ -125,7 +126,7 @@ class Pix2VideoEditor(Editor):
                  latent_update: bool = True, update_step: float = 100.0,
                  update_window: Sequence[float] = (0.0, 0.5), schedule: str = "wavefront",
                  inversion_batch_size: int = 32, vae_batch: int = 8, sampling_batch_size: int | None = None,
-                 batch_multiple: int | None = 8, latent_cache: MutableMapping | None = None) -> None:
+                 batch_multiple: int | None = 8, attention_kernels: Sequence[str] | None = None, latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         if injection not in INJECTIONS:
             raise ValueError(f"pix2video: injection={injection!r}; choose one of {INJECTIONS}")
@@ -151,6 +152,7 @@ class Pix2VideoEditor(Editor):
         self.vae_batch = int(vae_batch)
         self.sampling_batch_size = sampling_batch_size
         self.batch_multiple = batch_multiple
+        self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
         self.latent_cache = latent_cache
         self.layer_names = self_attention_layers(backbone.unet, self.layers)
         self._latent_dtype = torch.float64 if backbone.dtype == torch.float64 else torch.float32
@@ -184,6 +186,10 @@ class Pix2VideoEditor(Editor):
     # ---- the method ---------------------------------------------------------------------------
 
     def edit(self, task: EditTask) -> EditResult:
+        with sdpa_kernels(self.attention_kernels):
+            return self._edit(task)
+
+    def _edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)
         timer = PhaseTimer(self.device)
         with timer.phase("preprocessing"):

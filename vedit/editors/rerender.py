@@ -53,6 +53,7 @@ synthesis and temporal-aware blending).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 import math
 from dataclasses import dataclass
 
@@ -64,7 +65,8 @@ import torchvision.transforms.functional as TF
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import InjectedKVAttnProcessor, attention_processors, self_attention_layers
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
+                                 self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.propagation import propagate_keyframes
 from vedit.ops.vae import backbone_fidelity_encode
@@ -393,6 +395,7 @@ class RerenderEditor(Editor):
         "color_adain": P.fields({"enabled": P.boolean(), "period": P.period()}),
         "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
         "sampling_batch_size": P.integer(1, optional=True), "batch_multiple": P.integer(1, optional=True),
+        "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
                                  "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
     }
@@ -404,7 +407,9 @@ class RerenderEditor(Editor):
                  shape_fusion: dict | None = None, pixel_fusion: dict | None = None,
                  color_adain: dict | None = None, color_correction: bool = False,
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
-                 sampling_batch_size: int | None = None, batch_multiple: int | None = 2, added_prompt: str = ADDED_PROMPT,
+                 sampling_batch_size: int | None = None, batch_multiple: int | None = 2,
+                 attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
+                 added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
         if not 0.0 < x0_strength <= 1.0:
@@ -436,6 +441,7 @@ class RerenderEditor(Editor):
         self.schedule = schedule
         self.sampling_batch_size = None if sampling_batch_size is None else int(sampling_batch_size)
         self.batch_multiple = None if batch_multiple is None else int(batch_multiple)
+        self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
 
     def constraint_steps(self) -> dict[str, list[int]]:
@@ -481,8 +487,12 @@ class RerenderEditor(Editor):
 
     # -- the edit
 
-    @torch.no_grad()
     def edit(self, task: EditTask) -> EditResult:
+        with sdpa_kernels(self.attention_kernels):
+            return self._edit(task)
+
+    @torch.no_grad()
+    def _edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)
         bb, timer = self.backbone, PhaseTimer(self.backbone.device)
         frames = task.video.frames
