@@ -225,14 +225,20 @@ def test_notebook_shows_the_tgve_table(tmp_path, monkeypatch):
     assert "background ↑" in text and "overall ↑" in text and "3.5 ±" in text  # mean of 0..7
 
 
-def test_export_prefers_saved_frames_over_the_mp4(tmp_path):
+def test_export_reads_the_lossless_frames_first(tmp_path):
+    """edited.mkv gives the edit's exact uint8 frames; without it frames.pt, else the lossy mp4."""
     import torch
 
-    from vedit.video import write_video
+    from vedit.video import to_uint8, write_video
 
-    frames = torch.linspace(0, 1, 3).view(3, 1, 1, 1).expand(3, 3, 16, 16).contiguous()
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(3, 3, 16, 16, generator=g)
     write_video(tmp_path / "edited.mp4", frames)
     decoded = edited_frames({"_dir": str(tmp_path), "outputs": {"edited": "edited.mp4"}})
-    assert decoded.shape == (3, 3, 16, 16) and torch.allclose(decoded.mean((1, 2, 3)), frames.mean((1, 2, 3)), atol=0.03)
+    assert decoded.dtype == torch.uint8 and decoded.shape == (3, 3, 16, 16)
+    assert not torch.equal(decoded, to_uint8(frames))  # noise does not survive the lossy codec
     torch.save(frames.half(), tmp_path / "frames.pt")
-    assert torch.equal(edited_frames({"_dir": str(tmp_path)}), frames.half().float())
+    assert torch.equal(edited_frames({"_dir": str(tmp_path)}), to_uint8(frames.half().float()))
+    (tmp_path / "frames.pt").unlink()
+    write_video(tmp_path / "edited.mkv", frames, lossless=True)
+    assert torch.equal(edited_frames({"_dir": str(tmp_path)}), to_uint8(frames))

@@ -8,8 +8,8 @@ writes, as the challenge's README asks (and its scripts/run_eval.py reads):
     <out>/youtube_480p/...
     <out>/videvo_480p/...
 
-one frame file per edited frame at 480x480. Frames come from the cell's saved frames (`save_frames=true`)
-or else its edited.mp4. One configuration per export: a store holding several methods, backbones or
+one frame file per edited frame at 480x480. Frames come from the cell's lossless edited.mkv (cells of
+older versions: frames.pt, else edited.mp4). One configuration per export: a store holding several methods, backbones or
 seeds needs --method / --backbone / --seed. Cells the suite lists but the store lacks (not run, failed,
 or with another frame count) are reported and make the exit status 1; everything found is written.
 """
@@ -27,7 +27,8 @@ import yaml
 
 from vedit.data.tgve import CATEGORIES
 from vedit.leaderboard import load_records
-from vedit.video import frames_to_uint8, read_video
+from vedit.store import read_edited_frames
+from vedit.video import frames_to_uint8
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / "loveu-tgve-2023.yaml"
 
@@ -55,11 +56,8 @@ def select(records: list[dict], method: str | None = None, backbone: str | None 
 
 
 def edited_frames(record: dict) -> torch.Tensor:
-    """(T, 3, H, W) in [0, 1]: the saved frames where the cell kept them, else the decoded edited.mp4."""
-    folder = Path(record["_dir"])
-    if (folder / "frames.pt").exists():
-        return torch.load(folder / "frames.pt").float()
-    return read_video(folder / (record.get("outputs") or {}).get("edited", "edited.mp4")).frames
+    """(T, 3, H, W) uint8: the cell's lossless edited.mkv (older cells: frames.pt, else edited.mp4)."""
+    return read_edited_frames(Path(record["_dir"]), (record.get("outputs") or {}).get("edited", "edited.mp4"))
 
 
 def write_frames(frames: torch.Tensor, folder: Path, ext: str = "jpg", size: int = 480, quality: int = 95) -> None:

@@ -99,6 +99,18 @@ def load_frames_uint8(path: Path) -> Any:
     return read_video(path).pixels
 
 
+def read_edited_frames(folder: Path, lossy: str = "edited.mp4") -> Any:
+    """A cell folder's edited frames as uint8 (T, 3, H, W), from the lossless file (older cells:
+    frames.pt, else the lossy `lossy` video, whose values differ slightly)."""
+    if (folder / EDITED).exists():
+        return load_frames_uint8(folder / EDITED)
+    if (folder / "frames.pt").exists():
+        import torch
+
+        return (torch.load(folder / "frames.pt").float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return load_frames_uint8(folder / lossy)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
@@ -126,16 +138,7 @@ class ResultStore:
         return rec.get("status") if rec else None
 
     def edited_frames(self, key: str) -> Any:
-        """The cell's edited frames as uint8 (T, 3, H, W), from the lossless file (older cells: frames.pt,
-        else the lossy mp4, whose metric values differ slightly)."""
-        folder = self.cell_dir(key)
-        if (folder / EDITED).exists():
-            return load_frames_uint8(folder / EDITED)
-        if (folder / "frames.pt").exists():
-            import torch
-
-            return (torch.load(folder / "frames.pt").float().clamp(0, 1) * 255).round().to(torch.uint8)
-        return load_frames_uint8(folder / "edited.mp4")
+        return read_edited_frames(self.cell_dir(key))
 
     def metric_entries(self, key: str) -> list[dict]:
         return read_metric_entries(self.cell_dir(key))
