@@ -105,7 +105,8 @@ def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | 
         raise MetricError(
             f"cannot load CLIP {name} ({pretrained}): {e.__class__.__name__}: {e}. open_clip reads weights "
             "from the Hugging Face cache: download them where there is network (HF_HOME pointing at that "
-            "cache), or pass a local checkpoint path as `pretrained`, or use tiny_clip() for tests") from e
+            "cache), or pass a local checkpoint path as `pretrained`, or use tiny_clip() for tests. Without "
+            "network, HF_HUB_OFFLINE=1 skips the hub's retries (~50 s)") from e
     return ClipModel(model, open_clip.get_tokenizer(name), name=f"{name}/{pretrained}", device=device,
                      tiny=not load_weights)
 
