@@ -9,9 +9,10 @@ writes, as the challenge's README asks (and its scripts/run_eval.py reads):
     <out>/videvo_480p/...
 
 one frame file per edited frame at 480x480. Frames come from the cell's lossless edited.mkv (cells of
-older versions: frames.pt, else edited.mp4). One configuration per export: a store holding several methods, backbones or
-seeds needs --method / --backbone / --seed. Cells the suite lists but the store lacks (not run, failed,
-or with another frame count) are reported and make the exit status 1; everything found is written.
+older versions: frames.pt, else edited.mp4). One configuration per export: a store holding several
+methods, backbones or seeds needs --method / --backbone / --seed. Cells the suite lists but the store
+lacks (not run, failed, or with another frame count) are reported and make the exit status 1;
+everything found is written.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ class Pix2VideoEditor(Editor):
                  update_window: Sequence[float] = (0.0, 0.5), schedule: str = "wavefront",
                  inversion_batch_size: int = 32, vae_batch: int = 8, sampling_batch_size: int | None = None,
                  batch_multiple: int | None = 4,
-                 attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"), latent_cache: MutableMapping | None = None) -> None:
+                 attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
+                 latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         if injection not in INJECTIONS:
             raise ValueError(f"pix2video: injection={injection!r}; choose one of {INJECTIONS}")

@@ -53,8 +53,8 @@ synthesis and temporal-aware blending).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
