@@ -92,11 +92,13 @@ def method_defaults(name: str) -> dict[str, Any]:
     return _flatten((yaml.safe_load(path.read_text()) or {}).get("params") or {})
 
 
-def method_label(name: str, params: dict | None) -> str:
-    """`name (k=v, ...)`: the hyperparameters that differ from the method's defaults."""
+def method_label(name: str, params: dict | None, speed_params: Iterable[str] = ()) -> str:
+    """`name (k=v, ...)`: the hyperparameters that differ from the method's defaults, but those that
+    change speed and memory only (the editor's SPEED_PARAMS, which records list)."""
     if not params:
         return str(name)
     defaults = method_defaults(str(name))
+    params = {k: v for k, v in params.items() if k not in set(speed_params)}
     diff = [f"{k}={_short(v)}" for k, v in sorted(_flatten(params).items()) if k not in defaults or defaults[k] != v]
     return f"{name} ({', '.join(diff)})" if diff else str(name)
 
@@ -145,7 +147,8 @@ def records_frame(records: list[dict]) -> tuple[pd.DataFrame, dict[str, bool]]:
     for r, benchmark in zip(records, _benchmarks(records)):
         params = ((r.get("config") or {}).get("method") or {}).get("params")
         base = {"benchmark": benchmark, "backbone": r.get("backbone_kind", "?"),
-                "method": method_label(r.get("method"), params), "method_name": r.get("method"),
+                "method": method_label(r.get("method"), params, r.get("method_speed_params") or ()),
+                "method_name": r.get("method"),
                 "video": r.get("video"), "dataset": (r.get("data") or {}).get("name"),
                 "source_prompt": r.get("source_prompt"), "target_prompt": r.get("target_prompt"),
                 "seed": r.get("seed"), "status": r.get("status"),

@@ -188,9 +188,12 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
 
 
 def describe_method(cfg: DictConfig, editor_cls: type) -> dict:
-    """The method's part of a cell key: name, parameters and the estimator settings the editor uses
-    (another depth model or mask source is another edit; metric-only settings are not)."""
-    part = {"name": cfg.method.name, "params": OmegaConf.to_container(cfg.method.params, resolve=True)}
+    """The method's part of a cell key: name, parameters but the editor's speed-only ones, and the
+    estimator settings the editor uses (another depth model or mask source is another edit;
+    metric-only settings are not)."""
+    params = OmegaConf.to_container(cfg.method.params, resolve=True)
+    speed = getattr(editor_cls, "SPEED_PARAMS", ())
+    part = {"name": cfg.method.name, "params": {k: v for k, v in params.items() if k not in speed}}
     estimators = OmegaConf.to_container(cfg.estimators, resolve=True)
     if used := {k: estimators[k] for k in editor_cls.estimators_used if k in estimators}:
         part["estimators"] = used
@@ -264,7 +267,7 @@ def run(cfg: DictConfig) -> RunSummary:
     backbone_part = {k: v for k, v in backbone.describe().items() if k != "device"} if backbone else \
         {"kind": cfg.backbone.kind}
     method_part = describe_method(cfg, editor_cls)
-    params = dict(method_part["params"])
+    params = OmegaConf.to_container(cfg.method.params, resolve=True)
     if "latent_cache" in inspect.signature(editor_cls).parameters and cfg.cache_dir:
         params["latent_cache"] = KeyedDiskCache(Path(cfg.cache_dir) / "inversion")
     editor = editor_cls(backbone, estimators, **params)
@@ -272,6 +275,7 @@ def run(cfg: DictConfig) -> RunSummary:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     common = {
         "method": method.name, "backbone_kind": backbone_part["kind"], "config": resolved,
+        "method_speed_params": sorted(getattr(editor_cls, "SPEED_PARAMS", ())),
         "git_commit": git_commit(), "versions": package_versions(), "device": device_name(device),
         "backbone_load_seconds": load_seconds,  # once per process, not part of the cell's cost
     }

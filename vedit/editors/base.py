@@ -63,6 +63,9 @@ class Editor(abc.ABC):
     # are only checked to exist
     PARAMS: ClassVar[dict[str, Rule]] = {}
     INJECTED: ClassVar[tuple[str, ...]] = ("backbone", "estimators", "latent_cache")  # given by the runner
+    # parameters that change speed and memory only (the same frames up to floating-point batching
+    # effects, tested in test_speed_params): left out of cell keys and leaderboard labels, kept in records
+    SPEED_PARAMS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> None:

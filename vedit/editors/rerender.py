@@ -383,6 +383,7 @@ def _switch(name: str, defaults: dict, given: dict | None) -> dict:
 class RerenderEditor(Editor):
     name = "rerender"
     estimators_used = ("flow", "edges")
+    SPEED_PARAMS = ("schedule", "reuse_direct_pass", "sampling_batch_size", "batch_multiple", "attention_kernels")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "x0_strength": P.number(0, 1, low_open=True),
         "key_interval": P.integer(1), "control": P.choice("canny", "hed"), "canny_low": P.number(0),

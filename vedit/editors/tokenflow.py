@@ -207,6 +207,7 @@ class TokenFlowEditor(Editor):
     """TokenFlow on SD 2.1 base. See the module docstring for the method."""
 
     name = "tokenflow"
+    SPEED_PARAMS = ("unet_batch", "vae_batch")
 
     def __init__(self, backbone, estimators=None, variant: str = "pnp", steps: int = 50,
                  guidance_scale: float = 7.5, negative_prompt: str = NEGATIVE_PROMPT,

@@ -242,6 +242,7 @@ def build_motion_unet(backbone) -> nn.Module:
 class VidMP3Editor(Editor):
     name = "vidmp3"
     estimators_used = ("flow", "depth", "depth_anything_model", "masks", "salient_model")
+    SPEED_PARAMS = ("gradient_checkpointing", "vae_batch")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "guide_weight": P.number(),
         "guide_input": P.choice(*GUIDE_INPUTS), "motion_guide": P.boolean(), "tune_steps": P.integer(0),
