@@ -265,6 +265,7 @@ def test_paper_backbone_takes_the_prediction_type_from_the_checkpoint(tmp_path):
 @pytest.mark.parametrize("key,value,allowed", [
     ("variant", "controlnet", "pnp | sdedit"), ("pnp_f_t", 1.5, r"\[0, 1\]"), ("batch_size", 0, ">= 1"),
     ("keyframes", "every", "random | fixed"), ("unet_batch", 0, "null"), ("guidance_scale", 0.5, ">= 1.0"),
+    ("attention_kernels", "flash", "a non-empty list of"),
 ])
 def test_bad_params_name_key_value_and_range(bb64, key, value, allowed):
     with pytest.raises(EditorError, match=f"{key}={value!r}.*{allowed}"):

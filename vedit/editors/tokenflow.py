@@ -26,15 +26,16 @@ batch of 8 frames; the NN search is a batched matmul per layer; attention runs t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import attend, attention_processors, self_attention_layers
+from vedit.ops.attention import SDPA_KERNELS, attend, attention_processors, sdpa_kernels, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
@@ -207,7 +208,7 @@ class TokenFlowEditor(Editor):
     """TokenFlow on SD 2.1 base. See the module docstring for the method."""
 
     name = "tokenflow"
-    SPEED_PARAMS = ("unet_batch", "vae_batch")
+    SPEED_PARAMS = ("unet_batch", "vae_batch", "attention_kernels")
 
     def __init__(self, backbone, estimators=None, variant: str = "pnp", steps: int = 50,
                  guidance_scale: float = 7.5, negative_prompt: str = NEGATIVE_PROMPT,
@@ -215,7 +216,7 @@ class TokenFlowEditor(Editor):
                  keyframes: str = "random", propagation: bool = True, pairing: str = "nearest",
                  pnp: bool = True, pnp_f_t: float = 0.8, pnp_attn_t: float = 0.5, sdedit_start: float = 0.9,
                  sdedit_noise: str = "ddim", unet_batch: int | None = None, vae_batch: int = 8,
-                 latent_cache: MutableMapping | None = None) -> None:
+                 attention_kernels: Sequence[str] | None = None, latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         params = {k: v for k, v in locals().items() if k not in ("self", "backbone", "estimators", "latent_cache",
                                                                   "__class__")}
@@ -228,6 +229,7 @@ class TokenFlowEditor(Editor):
         self.pnp_f_t, self.pnp_attn_t = float(pnp_f_t), float(pnp_attn_t)
         self.sdedit_start, self.sdedit_noise = float(sdedit_start), sdedit_noise
         self.unet_batch, self.vae_batch = unet_batch, int(vae_batch)
+        self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
         self.latent_cache = latent_cache
         self.layer_names = self_attention_layers(backbone.unet, "all")
         self.pnp_layers = {n for n in self.layer_names
@@ -262,6 +264,9 @@ class TokenFlowEditor(Editor):
             raise bad("sdedit_start", "a fraction of the schedule in (0, 1]")
         if params.get("variant") == "sdedit" and int(params.get("sdedit_start", 0.9) * params.get("steps", 50)) < 2:
             raise bad("sdedit_start", "sdedit_start * steps >= 2 (at least one denoising step)")
+        kernels_rule = P.subset(*SDPA_KERNELS, optional=True)
+        if "attention_kernels" in params and (allowed := kernels_rule(params["attention_kernels"])):
+            raise bad("attention_kernels", allowed)
         if "negative_prompt" in params and not isinstance(params["negative_prompt"], str):
             raise bad("negative_prompt", "a string (may be empty)")
         if "inversion_prompt" in params and params["inversion_prompt"] is not None \
@@ -278,6 +283,10 @@ class TokenFlowEditor(Editor):
     # ---- the method ---------------------------------------------------------------------------
 
     def edit(self, task: EditTask) -> EditResult:
+        with sdpa_kernels(self.attention_kernels):
+            return self._edit(task)
+
+    def _edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)
         timer = PhaseTimer(self.device)
         inversion_prompt = task.source_prompt if self.inversion_prompt is None else self.inversion_prompt

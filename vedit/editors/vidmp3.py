@@ -45,6 +45,7 @@ Choices the paper leaves open (its appendix with the MotionGuide design is not p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -53,7 +54,8 @@ from torch import nn
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import InjectedKVAttnProcessor, attend, attention_processors, self_attention_layers
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attend, attention_processors, sdpa_kernels,
+                                 self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.windows import WEIGHTINGS, blend_windows, temporal_windows, window_weights
 from vedit.registry import EDITORS
@@ -242,19 +244,21 @@ def build_motion_unet(backbone) -> nn.Module:
 class VidMP3Editor(Editor):
     name = "vidmp3"
     estimators_used = ("flow", "depth", "depth_anything_model", "masks", "salient_model")
-    SPEED_PARAMS = ("gradient_checkpointing", "vae_batch")
+    SPEED_PARAMS = ("gradient_checkpointing", "vae_batch", "attention_kernels")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "guide_weight": P.number(),
         "guide_input": P.choice(*GUIDE_INPUTS), "motion_guide": P.boolean(), "tune_steps": P.integer(0),
         "tune_lr": P.number(0, low_open=True), "tune_frames": P.integer(1), "tune_stride": P.integer(1),
         "guide_resolution": P.integer(8), "gradient_checkpointing": P.boolean(), "vae_batch": P.integer(1),
+        "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  guide_weight: float = 0.1, guide_input: str = "multiply", motion_guide: bool = True,
                  tune_steps: int = 100, tune_lr: float = 5e-4, window: int = 16, window_overlap: int = 4,
                  window_weighting: str = "pyramid", guide_resolution: int = 64,
-                 gradient_checkpointing: bool = False, vae_batch: int = 8) -> None:
+                 gradient_checkpointing: bool = False, vae_batch: int = 8,
+                 attention_kernels: Sequence[str] | None = None) -> None:
         super().__init__(backbone, estimators)
         if guide_input not in GUIDE_INPUTS:
             raise ValueError(f"vidmp3: guide_input={guide_input!r}; choose one of {GUIDE_INPUTS}")
@@ -270,6 +274,7 @@ class VidMP3Editor(Editor):
         self.window, self.window_overlap, self.window_weighting = window, window_overlap, window_weighting
         self.guide_resolution, self.gradient_checkpointing = guide_resolution, gradient_checkpointing
         self.vae_batch = vae_batch
+        self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
         self._unet = None
 
     # -- model pieces -------------------------------------------------------------------------
@@ -408,6 +413,10 @@ class VidMP3Editor(Editor):
                           for i in range(0, frames.shape[0], self.vae_batch)])
 
     def edit(self, task: EditTask) -> EditResult:
+        with sdpa_kernels(self.attention_kernels):
+            return self._edit(task)
+
+    def _edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)
         bb, timer = self.backbone, PhaseTimer(self.backbone.device)
         state = GuideState(weight=self.guide_weight)
