@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs the GPU performance benchmarks in one go on a device machine; logs and JSON go to $OUT (or ./perf_out).
-# Usage: bash benchmarks/perf/run_gpu.sh [pix2video rerender propagation vidmp3]
+# Usage: bash benchmarks/perf/run_gpu.sh [pix2video rerender propagation vidmp3 cli cli_scaling cli_vidmp3]
+# The cli* entries run `python -m vedit.run` in fresh processes (bench_cli.py) on SOURCE, a folder of
+# frames (default: DAVIS blackswan from davis-mini beside the checkout).
 set -u
 OUT=${OUT:-perf_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$PWD
 DT=${DTYPE:-bfloat16}
+SOURCE=${SOURCE:-../shared/data/davis-mini/JPEGImages/480p/blackswan}
+CLI="benchmarks/perf/bench_cli.py --source $SOURCE --override backbone=random backbone.dtype=$DT +metrics.clip.load_weights=false"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 for b in "${@:-pix2video rerender propagation vidmp3}"; do
   for name in $b; do
@@ -13,6 +17,9 @@ for b in "${@:-pix2video rerender propagation vidmp3}"; do
       rerender)    cmd="benchmarks/perf/bench_rerender.py --backbone random --device cuda --dtype $DT --frames 21 --size 512 --key-interval 10 --peer ${RR_ARGS:-}" ;;
       propagation) cmd="benchmarks/perf/bench_propagation.py --device cuda --size 512 --frames 21 --key-interval 10 --synthetic ${PR_ARGS:-}" ;;
       vidmp3)      cmd="benchmarks/perf/bench_vidmp3.py --backbone random --device cuda --dtype $DT --frames 16 --size 512 --tune-steps 100 --steps 50 --peer ${VM_ARGS:-}" ;;
+      cli)         cmd="$CLI --methods pix2video rerender tokenflow --frames 50" ;;
+      cli_scaling) cmd="$CLI --methods pix2video rerender --frames 16 128 --videos 1" ;;
+      cli_vidmp3)  cmd="$CLI --methods vidmp3 --frames 80 --videos 1" ;;
     esac
     echo "=== $name: python $cmd"
     timeout "${BENCH_TIMEOUT:-280}" python3 $cmd --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
