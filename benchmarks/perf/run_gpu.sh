@@ -12,17 +12,18 @@ CLI="benchmarks/perf/bench_cli.py --source $SOURCE --override backbone=random ba
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 for b in "${@:-pix2video rerender propagation vidmp3}"; do
   for name in $b; do
+    limit=${BENCH_TIMEOUT:-280}
     case $name in
       pix2video)   cmd="benchmarks/perf/bench_pix2video.py --backbone random --device cuda --dtype $DT --frames 48 --size 512 --steps 50 --inversion-batch-size 48 --peer --peer-frames 12 ${P2V_ARGS:-}" ;;
       rerender)    cmd="benchmarks/perf/bench_rerender.py --backbone random --device cuda --dtype $DT --frames 21 --size 512 --key-interval 10 --peer ${RR_ARGS:-}" ;;
       propagation) cmd="benchmarks/perf/bench_propagation.py --device cuda --size 512 --frames 21 --key-interval 10 --synthetic ${PR_ARGS:-}" ;;
       vidmp3)      cmd="benchmarks/perf/bench_vidmp3.py --backbone random --device cuda --dtype $DT --frames 16 --size 512 --tune-steps 100 --steps 50 --peer ${VM_ARGS:-}" ;;
-      cli)         cmd="$CLI --methods pix2video rerender tokenflow --frames 50" ;;
-      cli_scaling) cmd="$CLI --methods pix2video rerender --frames 16 128 --videos 1" ;;
-      cli_vidmp3)  cmd="$CLI --methods vidmp3 --frames 80 --videos 1" ;;
+      cli)         cmd="$CLI --methods pix2video rerender tokenflow --frames 50"; limit=${BENCH_TIMEOUT:-590} ;;
+      cli_scaling) cmd="$CLI --methods pix2video rerender --frames 16 128 --videos 1"; limit=${BENCH_TIMEOUT:-590} ;;
+      cli_vidmp3)  cmd="$CLI --methods vidmp3 --frames 80 --videos 1"; limit=${BENCH_TIMEOUT:-590} ;;
     esac
     echo "=== $name: python $cmd"
-    timeout "${BENCH_TIMEOUT:-280}" python3 $cmd --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    timeout "$limit" python3 $cmd --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
     echo "exit $?"; tail -n 25 "$OUT/$name.log"
   done
 done
