@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import abc
 import inspect
 import time
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ import torch
 
 from vedit.editors.params import Rule, check
 from vedit.errors import EditorError
+from vedit.ops.attention import sdpa_kernels
 from vedit.task import EditResult, EditTask
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class PhaseTimer:
                           peak_memory_bytes=self.peak_memory(), info=info)
 
 
-class Editor(abc.ABC):
+class Editor:
     """`edit(task) -> EditResult`. Editors never download, read configs or write files."""
 
     name: str = "editor"
@@ -66,6 +66,7 @@ class Editor(abc.ABC):
     # parameters that change speed and memory only (the same frames up to floating-point batching
     # effects, tested in test_speed_params): left out of cell keys and leaderboard labels, kept in records
     SPEED_PARAMS: ClassVar[tuple[str, ...]] = ()
+    attention_kernels: list[str] | None = None  # SDPA kernels `edit` allows (vedit.ops.attention.SDPA_KERNELS)
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> None:
@@ -99,6 +100,11 @@ class Editor(abc.ABC):
                     "give it in the dataset's prompts file or pick a dataset that provides it"
                 )
 
-    @abc.abstractmethod
     def edit(self, task: EditTask) -> EditResult:
-        ...
+        """Edit one task: `_edit`, with F.scaled_dot_product_attention limited to the editor's
+        `attention_kernels` (None: all, PyTorch's choice). Editors override `_edit`, or `edit` itself."""
+        with sdpa_kernels(self.attention_kernels):
+            return self._edit(task)
+
+    def _edit(self, task: EditTask) -> EditResult:
+        raise NotImplementedError(f"{type(self).__name__} defines neither edit(task) nor _edit(task)")

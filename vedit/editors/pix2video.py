@@ -25,7 +25,7 @@ import torch
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors,
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.depth import normalize_depth
@@ -188,10 +188,6 @@ class Pix2VideoEditor(Editor):
         return normalize_depth(depth.to(self.device, self._latent_dtype), (h // scale, w // scale))
 
     # ---- the method ---------------------------------------------------------------------------
-
-    def edit(self, task: EditTask) -> EditResult:
-        with sdpa_kernels(self.attention_kernels):
-            return self._edit(task)
 
     def _edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)

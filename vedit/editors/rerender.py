@@ -65,7 +65,7 @@ import torchvision.transforms.functional as TF
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors,
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.propagation import propagate_keyframes
@@ -487,10 +487,6 @@ class RerenderEditor(Editor):
         return flows
 
     # -- the edit
-
-    def edit(self, task: EditTask) -> EditResult:
-        with sdpa_kernels(self.attention_kernels):
-            return self._edit(task)
 
     @torch.no_grad()
     def _edit(self, task: EditTask) -> EditResult:

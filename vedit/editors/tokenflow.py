@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import SDPA_KERNELS, attend, attention_processors, sdpa_kernels, self_attention_layers
+from vedit.ops.attention import SDPA_KERNELS, attend, attention_processors, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
@@ -281,10 +281,6 @@ class TokenFlowEditor(Editor):
                               f"{self.backbone.family!r} has {in_channels}; use method.family=sd21")
 
     # ---- the method ---------------------------------------------------------------------------
-
-    def edit(self, task: EditTask) -> EditResult:
-        with sdpa_kernels(self.attention_kernels):
-            return self._edit(task)
 
     def _edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)

@@ -54,7 +54,7 @@ from torch import nn
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attend, attention_processors, sdpa_kernels,
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attend, attention_processors,
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.windows import WEIGHTINGS, blend_windows, temporal_windows, window_weights
@@ -411,10 +411,6 @@ class VidMP3Editor(Editor):
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.backbone.encode_images(frames[i:i + self.vae_batch]).float()
                           for i in range(0, frames.shape[0], self.vae_batch)])
-
-    def edit(self, task: EditTask) -> EditResult:
-        with sdpa_kernels(self.attention_kernels):
-            return self._edit(task)
 
     def _edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)
