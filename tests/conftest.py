@@ -26,3 +26,14 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: ../shared (real DAVIS frames and clips) is beside CI's checkout only")
     return path
+
+
+def execute_leaderboard_notebook(store_dir: Path, monkeypatch) -> list:
+    """Run notebooks/leaderboard.ipynb on a store (skips without nbformat/nbclient); its code cells' outputs."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("VEDIT_STORE", str(store_dir))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    nb = nbformat.read(REPO / "notebooks" / "leaderboard.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]

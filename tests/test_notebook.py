@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import execute_leaderboard_notebook
 
 from vedit.store import ResultStore
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-REPO = Path(__file__).resolve().parents[1]
+pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
 
 
 def test_notebook_renders_stored_results(tmp_path, monkeypatch):
@@ -23,11 +21,7 @@ def test_notebook_renders_stored_results(tmp_path, monkeypatch):
                 "method": method, "backbone_kind": "tiny", "video": video, "source_prompt": "s",
                 "target_prompt": "t", "seed": 0, "data": {"name": "d"}, "status": "ok", "metrics": {"m": i + offset},
                 "metric_info": info, "cost": {"seconds_per_frame": 1.0 + offset, "peak_gpu_memory_gb": 0.0}})
-    monkeypatch.setenv("VEDIT_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    nb = nbformat.read(REPO / "notebooks" / "leaderboard.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    outputs = execute_leaderboard_notebook(tmp_path / "store", monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                    + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)

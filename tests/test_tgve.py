@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import execute_leaderboard_notebook
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -202,8 +203,6 @@ def test_leaderboard_cli_writes_the_category_tables(tmp_path, capsys):
 
 
 def test_notebook_shows_the_tgve_table(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     from vedit.store import ResultStore
 
     store = ResultStore(tmp_path / "store")
@@ -214,11 +213,7 @@ def test_notebook_shows_the_tgve_table(tmp_path, monkeypatch):
             "target_prompt": category, "prompt_category": category, "seed": 0, "data": {"name": "tgve"},
             "status": "ok", "metrics": {"clip_text": float(i)}, "metric_info": {"clip_text": {"higher_is_better": True}},
             "cost": {"seconds_per_frame": 1.0, "peak_gpu_memory_gb": 0.0}})
-    monkeypatch.setenv("VEDIT_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    nb = nbformat.read(REPO / "notebooks" / "leaderboard.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    outputs = execute_leaderboard_notebook(tmp_path / "store", monkeypatch)
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "clip_text by prompt category" in "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
