@@ -67,3 +67,26 @@ def test_vidmp3_paper_backbone_is_chilloutmix_from_a_single_file(monkeypatch, tm
             build_backbone("paper", "sd15-animatediff", paths=paths)
     with pytest.raises(BackboneUnavailable, match=r"unet weights '/nowhere/sd15' \(subfolder 'unet'\)"):
         build_backbone("paper", "sd15-animatediff", paths={"checkpoint": "/nowhere/sd15"})
+
+
+@pytest.mark.parametrize("family", ["sd2-depth", "sd15-controlnet"])
+def test_warmup_calls_every_model_once_at_the_video_size_and_draws_no_random_numbers(family):
+    bb = build_backbone("tiny", family, seed=0)
+    models = {"unet": bb.unet, "vae.encoder": bb.vae.encoder, "vae.decoder": bb.vae.decoder,
+              "text_encoder": bb.text_encoder, "controlnet": bb.controlnet, "depth": bb.depth_estimator}
+    seen: dict[str, list] = {}
+    for name, model in models.items():
+        if model is not None:
+            model.register_forward_hook(lambda m, args, kwargs, out, name=name: seen.setdefault(name, []).append(
+                next(v for v in [*args, *kwargs.values()] if isinstance(v, torch.Tensor)).shape), with_kwargs=True)
+    before = [p.clone() for p in bb.unet.parameters()]
+    rng = torch.get_rng_state()
+    bb.warmup((48, 64))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(a, b) for a, b in zip(before, bb.unet.parameters()))
+    expected = {n for n, m in models.items() if m is not None}
+    assert set(seen) == expected and all(len(v) == 1 for v in seen.values()), seen
+    assert seen["unet"][0][-2:] == (6, 8) and seen["unet"][0][1] == bb.unet.config.in_channels
+    assert seen["vae.encoder"][0][-2:] == (48, 64)
+    if family == "sd15-controlnet":
+        assert seen["controlnet"][0][-2:] == (6, 8)

@@ -137,3 +137,32 @@ def test_estimator_settings_key_the_edits_of_the_editors_that_use_them(tmp_path)
     assert describe_method(dpt, Pix2VideoEditor)["estimators"]["depth"] == "dpt"
     assert describe_method(dpt, RerenderEditor) == describe_method(gt, RerenderEditor)  # rerender uses no depth
     assert "estimators" not in describe_method(dpt, IdentityEditor)
+
+
+def test_warmup_runs_once_per_process_before_the_first_cell_and_changes_no_frame(tmp_path, monkeypatch):
+    from vedit.backbones import Backbone
+    from vedit.store import read_edited_frames
+
+    sizes = []
+    real = Backbone.warmup
+    monkeypatch.setattr(Backbone, "warmup", lambda self, size, **kw: (sizes.append(size), real(self, size, **kw))[1])
+    args = ("method=pix2video", "method.params.steps=2", "prompts_per_video=2", "data.num_videos=1")
+    warm = run(cfg_for(tmp_path / "warm", *args, "warmup=true"))
+    cold = run(cfg_for(tmp_path / "cold", *args, "warmup=false"))
+    assert warm.failed == cold.failed == 0
+    assert sizes == [(64, 64)]  # once, at the first video's size, and not at all with warmup=false
+    assert all(r["warmup_seconds"] > 0 for r in warm.records)
+    assert all("warmup_seconds" not in r for r in cold.records)
+    for w, c in zip(warm.records, cold.records):
+        assert w["key"] == c["key"]  # not part of what a cell is
+        frames = [read_edited_frames(p / "store" / "cells" / w["key"]) for p in (tmp_path / "warm", tmp_path / "cold")]
+        assert torch.equal(*frames)
+
+
+def test_bad_warmup_setting_is_named_before_any_model_is_built(tmp_path):
+    import pytest
+
+    from vedit.run import SetupError
+
+    with pytest.raises(SetupError, match="warmup='sometimes'"):
+        run(cfg_for(tmp_path, "method=pix2video", "warmup=sometimes"))

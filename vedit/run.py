@@ -218,6 +218,28 @@ def build_method_backbone(cfg: DictConfig, device: torch.device):
     return backbone
 
 
+def _warmup_wanted(setting: Any, device: torch.device) -> bool:
+    if setting not in ("auto", True, False):
+        raise SetupError(f"warmup={setting!r}: use auto (on CUDA), true or false")
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def warm_up(editor, size: tuple[int, int], device: torch.device) -> float | None:
+    """`editor.warmup(size)`; its seconds (once per process, like model loading: not a cell's cost),
+    None when it failed (the first cell then pays the set-up; its own errors are its record's)."""
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        editor.warmup(size)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    except Exception as e:  # noqa: BLE001 - an optimisation; the cells go on
+        log.warning("warm-up at size %s failed (%s: %s); the first cell pays the set-up", size, type(e).__name__, e)
+        return None
+
+
 def open_store(store_dir: str) -> ResultStore:
     """The result store, checked writable (a probe file in its tmp folder) before any work."""
     try:
@@ -254,6 +276,7 @@ def run(cfg: DictConfig) -> RunSummary:
     method = cfg.method
     editor_cls = check_config(cfg)
     device = resolve_device(cfg.device)
+    warmup = _warmup_wanted(cfg.get("warmup", "auto"), device)
     store = open_store(cfg.store_dir)
     dataset = instantiate(cfg.data)
     _note_resolution(method, dataset)
@@ -301,8 +324,10 @@ def run(cfg: DictConfig) -> RunSummary:
             try:
                 rec = finished(cell.key)  # finished by another process since the first look
                 if rec is None:
+                    if warmup and cell.task is not None and "warmup_seconds" not in common:
+                        common["warmup_seconds"] = warm_up(editor, cell.task.video.size, device)
                     start = time.perf_counter()
-                    common["cell_index_in_process"] = summary.computed  # 0: paid the process's first-call set-up
+                    common["cell_index_in_process"] = summary.computed  # 0: the process's first (after warmup)
                     rec = run_cell(cell, editor, metrics, store, common, bool(cfg.save_frames))
                     summary.computed += 1
                     summary.records.append(rec)

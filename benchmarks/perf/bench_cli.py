@@ -5,11 +5,11 @@
 
 For each method and frame count, one fresh process runs two cells on two different videos of that
 length (so the second cell reuses nothing of the first but the process: no inversion cache hit):
-cell 0 pays every first-call set-up of the process (kernel selection, allocator growth, lazy
-initialisation), cell 1 is the steady state. Videos are the source frames played forward and back
+cell 0 is the first (it pays whatever first-call set-up the run's warm-up, `warmup_seconds`, leaves:
+new batch shapes, allocator growth), cell 1 is the steady state. Videos are the source frames played forward and back
 to the length asked (the second video starts half-way). Everything is read back from the records
-the run wrote: the editor's own phase timings, peak GPU memory, metric seconds and the backbone's
-load time (reported apart; model loading is not part of a cell's cost). The process's wall time is
+the run wrote: the editor's own phase timings, peak GPU memory, metric seconds, the backbone's
+load time and the warm-up's seconds (both once per process, reported apart, not part of a cell's cost). The process's wall time is
 measured around the subprocess.
 
 Defaults: `backbone=random` (full-size architectures, random weights), default metrics with a
@@ -77,9 +77,10 @@ def run_method(method: str, data_root: Path, work: Path, overrides: list[str], t
             "metric_seconds": rec.get("metric_seconds"), "device": cost.get("device"),
             "editor_info": rec.get("editor_info"),
         })
-    load = records[0].get("backbone_load_seconds") if records else None
+    first = records[0] if records else {}
     return {"method": method, "command": " ".join(cmd), "returncode": proc.returncode, "process_wall_s": wall,
-            "backbone_load_seconds": load, "cells": cells, "stderr_tail": proc.stderr[-3000:]}
+            "backbone_load_seconds": first.get("backbone_load_seconds"), "warmup_seconds": first.get("warmup_seconds"),
+            "cells": cells, "stderr_tail": proc.stderr[-3000:]}
 
 
 def main() -> None:
@@ -115,7 +116,8 @@ def main() -> None:
             res["frames_requested"] = length
             results.append(res)
             print(f"\n=== {method}, {length} frames: exit {res['returncode']}, process "
-                  f"{res.get('process_wall_s', float('nan')):.1f} s, backbone load {res.get('backbone_load_seconds')}")
+                  f"{res.get('process_wall_s', float('nan')):.1f} s, backbone load {res.get('backbone_load_seconds')}, "
+                  f"warm-up {res.get('warmup_seconds')}")
             for cell in res["cells"]:
                 timings = {k: round(v, 2) for k, v in (cell["timings"] or {}).items()}
                 spf, mem = cell["seconds_per_frame"], cell["peak_gpu_memory_gb"]

@@ -114,22 +114,25 @@ class Pix2VideoEditor(Editor):
     name = "pix2video"
     estimators_used = ("depth", "depth_anything_model")
     SPEED_PARAMS = ("schedule", "inversion_batch_size", "vae_batch", "sampling_batch_size", "batch_multiple",
-                    "attention_kernels")
+                    "attention_kernels",
+                    "cudnn_attention_batch")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "injection": P.choice(*INJECTIONS),
         "layers": P.layers("decoder", "all"), "latent_update": P.boolean(), "update_step": P.number(0),
         "update_window": P.period(), "schedule": P.choice(*SCHEDULES), "inversion_batch_size": P.integer(1),
         "vae_batch": P.integer(1), "sampling_batch_size": P.integer(1, optional=True),
         "batch_multiple": P.integer(1, optional=True), "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
+        "cudnn_attention_batch": P.integer(1, optional=True),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  injection: str = "anchor+previous", layers: str | Sequence[str] = "decoder",
                  latent_update: bool = True, update_step: float = 100.0,
                  update_window: Sequence[float] = (0.0, 0.5), schedule: str = "wavefront",
-                 inversion_batch_size: int = 32, vae_batch: int = 8, sampling_batch_size: int | None = None,
+                 inversion_batch_size: int = 64, vae_batch: int = 8, sampling_batch_size: int | None = None,
                  batch_multiple: int | None = 4,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
+                 cudnn_attention_batch: int | None = 4,
                  latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         if injection not in INJECTIONS:
@@ -157,6 +160,7 @@ class Pix2VideoEditor(Editor):
         self.sampling_batch_size = sampling_batch_size
         self.batch_multiple = batch_multiple
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
+        self.cudnn_attention_batch = None if cudnn_attention_batch is None else int(cudnn_attention_batch)
         self.latent_cache = latent_cache
         self.layer_names = self_attention_layers(backbone.unet, self.layers)
         self._latent_dtype = torch.float64 if backbone.dtype == torch.float64 else torch.float32
