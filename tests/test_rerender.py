@@ -428,3 +428,20 @@ def test_attention_kernels_restrict_sdpa_inside_the_edit_only():
     torch.testing.assert_close(run(bb, task, attention_kernels=["math"]), run(bb, task, attention_kernels=None))
     with pytest.raises(ParamError, match=r"attention_kernels=\['cudnn', 'fast'\] is not allowed"):
         RerenderEditor.check_params({"attention_kernels": ["cudnn", "fast"]})
+
+
+def test_warmup_runs_the_models_and_a_propagation_at_the_video_size_and_changes_no_frame(monkeypatch):
+    import vedit.editors.rerender as rerender_module
+
+    bb = build_backbone("tiny", "sd15-controlnet", dtype="float64")
+    task = make_task(num_frames=3)
+    before = run(bb, task, key_interval=2)
+    sources = []
+    real = rerender_module.propagate_keyframes
+    monkeypatch.setattr(rerender_module, "propagate_keyframes",
+                        lambda source, *a, **kw: (sources.append(tuple(source.shape)), real(source, *a, **kw))[1])
+    rng = torch.get_rng_state()
+    RerenderEditor(bb).warmup(tuple(task.video.size))
+    assert sources == [(3, 3, *task.video.size)] and torch.equal(torch.get_rng_state(), rng)
+    monkeypatch.undo()
+    torch.testing.assert_close(run(bb, task, key_interval=2), before, rtol=0, atol=0)
