@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from vedit.editors.base import Editor, PhaseTimer
 from vedit.leaderboard import format_table
 from vedit.registry import EDITORS
-from vedit.run import CONF_DIR, run
+from vedit.run import CONF_DIR, SetupError, run
 
 TINY = ["backbone=tiny", "data=synthetic", "metrics=tiny", "data.num_videos=2", "data.num_frames=4",
         "prompts_per_video=1"]
@@ -160,9 +161,6 @@ def test_warmup_runs_once_per_process_before_the_first_cell_and_changes_no_frame
 
 
 def test_bad_warmup_setting_is_named_before_any_model_is_built(tmp_path):
-    import pytest
-
-    from vedit.run import SetupError
 
     with pytest.raises(SetupError, match="warmup='sometimes'"):
         run(cfg_for(tmp_path, "method=pix2video", "warmup=sometimes"))

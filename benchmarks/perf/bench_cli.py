@@ -62,7 +62,11 @@ def run_method(method: str, data_root: Path, work: Path, overrides: list[str], t
            "data.prompts=prompts.yaml", f"store_dir={store}", f"cache_dir={cache}",
            f"hydra.run.dir={work / 'hydra'}", *overrides]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        returncode, stderr = proc.returncode, proc.stderr
+    except subprocess.TimeoutExpired as e:  # keep the cells it finished
+        returncode, stderr = "timeout", e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""
     wall = time.perf_counter() - start
     records = [json.loads(p.read_text()) for p in sorted(store.glob("cells/*/record.json"))]
     records.sort(key=lambda r: r.get("cell_index_in_process", 0))
@@ -78,9 +82,9 @@ def run_method(method: str, data_root: Path, work: Path, overrides: list[str], t
             "editor_info": rec.get("editor_info"),
         })
     first = records[0] if records else {}
-    return {"method": method, "command": " ".join(cmd), "returncode": proc.returncode, "process_wall_s": wall,
+    return {"method": method, "command": " ".join(cmd), "returncode": returncode, "process_wall_s": wall,
             "backbone_load_seconds": first.get("backbone_load_seconds"), "warmup_seconds": first.get("warmup_seconds"),
-            "cells": cells, "stderr_tail": proc.stderr[-3000:]}
+            "cells": cells, "stderr_tail": stderr[-3000:]}
 
 
 def main() -> None:
@@ -109,10 +113,7 @@ def main() -> None:
         data_root = make_dataset(args.source, length, base / f"data_{length}", args.videos)
         for method in args.methods:
             work = base / f"{method}_{length}"
-            try:
-                res = run_method(method, data_root, work, args.override + per_method.get(method, []), args.timeout)
-            except subprocess.TimeoutExpired:
-                res = {"method": method, "returncode": "timeout", "cells": []}
+            res = run_method(method, data_root, work, args.override + per_method.get(method, []), args.timeout)
             res["frames_requested"] = length
             results.append(res)
             print(f"\n=== {method}, {length} frames: exit {res['returncode']}, process "

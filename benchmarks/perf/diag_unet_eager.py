@@ -124,7 +124,7 @@ def main() -> None:
         print(f"  {k:12s} {us / 1000:8.1f} ms  {100 * us / total:5.1f}%")
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=90))
     if args.out:
-        args.out.write_text(json.dumps({"family": args.family, "dtype": args.dtype, "ms": results,
+        args.out.write_text(json.dumps({"family": args.family, "dtype": args.dtype, "seconds": results,
                                         "profile_ms": {k: v / 1000 for k, v in by_kind.items()},
                                         "device": torch.cuda.get_device_name()}, indent=1))
 

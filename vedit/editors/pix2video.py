@@ -114,8 +114,7 @@ class Pix2VideoEditor(Editor):
     name = "pix2video"
     estimators_used = ("depth", "depth_anything_model")
     SPEED_PARAMS = ("schedule", "inversion_batch_size", "vae_batch", "sampling_batch_size", "batch_multiple",
-                    "attention_kernels",
-                    "cudnn_attention_batch")
+                    "attention_kernels", "cudnn_attention_batch")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "injection": P.choice(*INJECTIONS),
         "layers": P.layers("decoder", "all"), "latent_update": P.boolean(), "update_step": P.number(0),
