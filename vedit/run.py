@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vedit.backbones import BackboneUnavailable, build_backbone
+from vedit.editors.base import PhaseTimer
 from vedit.editors.params import ParamError
 from vedit.errors import EditorError
 from vedit.memory import return_large_frees_to_os
@@ -227,14 +228,11 @@ def _warmup_wanted(setting: Any, device: torch.device) -> bool:
 def warm_up(editor, size: tuple[int, int], device: torch.device) -> float | None:
     """`editor.warmup(size)`; its seconds (once per process, like model loading: not a cell's cost),
     None when it failed (the first cell then pays the set-up; its own errors are its record's)."""
+    timer = PhaseTimer(device)
     try:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        editor.warmup(size)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        with timer.phase("warmup"):
+            editor.warmup(size)
+        return timer.seconds["warmup"]
     except Exception as e:  # noqa: BLE001 - an optimisation; the cells go on
         log.warning("warm-up at size %s failed (%s: %s); the first cell pays the set-up", size, type(e).__name__, e)
         return None

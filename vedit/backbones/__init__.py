@@ -16,6 +16,7 @@ import torch
 
 from vedit.backbones import architectures as arch
 from vedit.backbones.weights import CONTROLNET_HED, PAPER_WEIGHTS, SINGLE_FILE_CONFIG, SINGLE_FILE_SUFFIXES
+from vedit.errors import error_summary
 
 KINDS = ("paper", "tiny", "random")
 SINGLE_FILE_PARTS = ("unet", "vae", "text_encoder")  # what a single-file checkpoint (backbone.paths.checkpoint) holds
@@ -201,7 +202,7 @@ def _load_paper(family: str, paths: dict[str, str], controlnet: str, local_files
             raise BackboneUnavailable(
                 f"backbone=paper needs {name} weights {source!r}"
                 + (f" (subfolder {subfolder!r})" if kwargs else "")
-                + f" and could not load them: {type(e).__name__}: {str(e).splitlines()[0][:200]}\n"
+                + f" and could not load them: {error_summary(e)}\n"
                 "Ways out: (1) put the model in the Hugging Face cache (set HF_HOME to where it is, or run "
                 f"`huggingface-cli download {_download_args(model_id)}` on a machine with network and copy the "
                 "cache); "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vedit.errors import EstimatorError
+from vedit.errors import EstimatorError, error_summary
 
 DEPTH_METHODS = ("auto", "dpt", "depth_anything", "gt")
 DEPTH_ANYTHING_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
@@ -45,7 +45,7 @@ def load_depth_anything(model_id: str = DEPTH_ANYTHING_MODEL, device: str | torc
     except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
         raise EstimatorError(
             f"estimators.depth=depth_anything needs weights {model_id!r} and could not load them: "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200]}. Put them in the Hugging Face cache "
+            f"{error_summary(e)}. Put them in the Hugging Face cache "
             "(HF_HOME), point estimators.depth_anything_model at a local copy, or use estimators.depth=auto") from e
     return model.eval().to(device)
 

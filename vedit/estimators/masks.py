@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vedit.errors import EstimatorError
+from vedit.errors import EstimatorError, error_summary
 from vedit.estimators.depth import IMAGENET_MEAN, IMAGENET_STD
 
 MASK_METHODS = ("dataset", "salient", "none")
@@ -35,8 +35,8 @@ def load_salient(model_id: str = SALIENT_MODEL, device: str | torch.device = "cp
         tokenizer = CLIPTokenizer.from_pretrained(model_id)
     except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
         raise EstimatorError(
-            f"salient masks need CLIPSeg weights {model_id!r} and could not load them: {type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}. Put them in the Hugging Face cache (HF_HOME), point "
+            f"salient masks need CLIPSeg weights {model_id!r} and could not load them: {error_summary(e)}. "
+            "Put them in the Hugging Face cache (HF_HOME), point "
             "estimators.salient_model at a local copy, or use estimators.masks=dataset|none") from e
     return model.eval().to(device), tokenizer
 
