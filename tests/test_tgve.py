@@ -237,3 +237,16 @@ def test_export_reads_the_lossless_frames_first(tmp_path):
     (tmp_path / "frames.pt").unlink()
     write_video(tmp_path / "edited.mkv", frames, lossless=True)
     assert torch.equal(edited_frames({"_dir": str(tmp_path)}), to_uint8(frames))
+
+
+def test_category_table_gives_each_metric_model_set_its_own_row():
+    def scored(clip: str, value: float) -> dict:
+        return {"models": {"clip": clip}, "tiny": False, "values": {"clip_text": value}}
+
+    records = [{"method": "m", "backbone_kind": "paper", "status": "ok", "prompt_category": c,
+                "metric_info": {"clip_text": {"higher_is_better": True}},
+                "metric_sets": [scored("ViT-L-14", v), scored("ViT-B-32", 10 * v)]}
+               for c, v in (("style", 1.0), ("object", 2.0))]
+    table = category_table(records, "clip_text")
+    assert table.loc["m (clip ViT-L-14)", "style ↑"] == "1" and table.loc["m (clip ViT-B-32)", "object ↑"] == "20"
+    assert table["cells"].tolist() == [2, 2]  # each cell once per row

@@ -153,8 +153,8 @@ def records_frame(records: list[dict]) -> tuple[pd.DataFrame, dict[str, bool]]:
                 "source_prompt": r.get("source_prompt"), "target_prompt": r.get("target_prompt"),
                 "seed": r.get("seed"), "status": r.get("status"),
                 "mask_source": (r.get("editor_info") or {}).get("mask_source")}
-        if "category" in r:
-            base["category"] = r["category"]
+        if (category := r.get("category", r.get("prompt_category"))) is not None:  # TGVE: the prompt's
+            base["category"] = category
         for k in COST_COLUMNS:
             base[k] = (r.get("cost") or {}).get(k)
         for name, info in (r.get("metric_info") or {}).items():
@@ -304,12 +304,14 @@ def pretty(table: pd.DataFrame) -> pd.DataFrame:
         mean, ci = table[c].values, table[f"{c} ±"].values
         if all(math.isnan(m) for m in mean):
             continue
-        out[f"{c} {'↑' if higher else '↓'}"] = [
-            "–" if math.isnan(m) else (f"{m:.4g}" if math.isnan(e) else f"{m:.4g} ± {e:.2g}") for m, e in zip(mean, ci)
-        ]
+        out[f"{c} {'↑' if higher else '↓'}"] = [_mean_ci_text(m, e) for m, e in zip(mean, ci)]
     for c, label in COST_COLUMNS.items():
         out[f"{label} ↓"] = ["–" if math.isnan(v) else f"{v:.3g}" for v in table[c].values]
     return out
+
+
+def _mean_ci_text(mean: float, half: float) -> str:
+    return "–" if math.isnan(mean) else (f"{mean:.4g}" if math.isnan(half) else f"{mean:.4g} ± {half:.2g}")
 
 
 def format_table(records: list[dict], fmt: str = "markdown") -> str:
@@ -368,20 +370,19 @@ def category_table(records: list[dict], metric: str) -> pd.DataFrame:
     df, directions = records_frame(records)
     if df.empty or metric not in df:
         return pd.DataFrame()
-    df["category"] = [r["prompt_category"] for r in records]
     found = set(df["category"])
     categories = [c for c in CATEGORY_ORDER if c in found] + sorted(found - set(CATEGORY_ORDER))
     higher = _direction(metric, directions)
     arrow = "" if higher is None else (" ↑" if higher else " ↓")
     rows = {}
-    for (backbone, method), g in df.groupby(["backbone", "method"], sort=True):
+    several_models = df["metric_models"].nunique() > 1  # a cell scored with two CLIPs is a row per CLIP
+    for (backbone, method, models), g in df.groupby(["backbone", "method", "metric_models"], sort=True):
         ok = g[g["status"] == "ok"]
         row = {"cells": len(ok), "failed": int((g["status"] != "ok").sum())}
         for label, values in [*((c, ok.loc[ok["category"] == c, metric]) for c in categories), ("overall", ok[metric])]:
             mean, half, _ = mean_ci(values)
-            row[f"{label}{arrow}"] = "–" if math.isnan(mean) else (f"{mean:.4g}" if math.isnan(half)
-                                                                    else f"{mean:.4g} ± {half:.2g}")
-        rows[method if backbone == "paper" else f"{method} [{backbone}]"] = row
+            row[f"{label}{arrow}"] = _mean_ci_text(mean, half)
+        rows[row_label(method, backbone) + (f" ({models})" if several_models else "")] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = metric
     return table
