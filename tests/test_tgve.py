@@ -234,6 +234,8 @@ def test_export_reads_the_lossless_frames_first(tmp_path):
     assert not torch.equal(decoded, to_uint8(frames))  # noise does not survive the lossy codec
     torch.save(frames.half(), tmp_path / "frames.pt")
     assert torch.equal(edited_frames({"_dir": str(tmp_path)}), to_uint8(frames.half().float()))
+    torch.save(to_uint8(frames), tmp_path / "frames.pt")  # what save_frames keeps of a uint8 edit
+    assert torch.equal(edited_frames({"_dir": str(tmp_path)}), to_uint8(frames))
     (tmp_path / "frames.pt").unlink()
     write_video(tmp_path / "edited.mkv", frames, lossless=True)
     assert torch.equal(edited_frames({"_dir": str(tmp_path)}), to_uint8(frames))

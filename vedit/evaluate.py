@@ -91,8 +91,8 @@ class TaskBuilder:
 def score_store(store: ResultStore, metrics: list) -> list[dict]:
     """Every finished cell of the store with the metrics' values (stored ones reused, missing computed)."""
     tasks, out = TaskBuilder(), []
-    for rec in store.records():
-        rec = {k: v for k, v in rec.items() if k not in ("metric_entries", "metrics")}  # only this metric set
+    for rec in store.records(with_metrics=False):
+        rec = {k: v for k, v in rec.items() if k != "metrics"}  # an old record's own values: only this metric set
         if rec.get("status") != "ok":
             out.append(rec)
             continue

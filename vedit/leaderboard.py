@@ -60,9 +60,9 @@ def load_records(paths: list[str | Path], strict: bool = False) -> list[dict]:
         for f in files:
             rec = read_record(f)
             if rec is not None:
-                seen.setdefault(rec.get("key", str(f)), {**rec, "_dir": str(f.parent),
-                                                         "metric_entries": read_metric_entries(f.parent),
-                                                         "metric_sets": read_metric_sets(f.parent)})
+                entries = read_metric_entries(f.parent)
+                seen.setdefault(rec.get("key", str(f)), {**rec, "_dir": str(f.parent), "metric_entries": entries,
+                                                         "metric_sets": read_metric_sets(f.parent, entries)})
     if strict and not seen:
         raise EmptyStoreError(f"no results (record.json files) under {', '.join(map(str, paths))}; run "
                               "python -m vedit.run ... store_dir=<that folder> first, or check the path")

@@ -64,9 +64,10 @@ def write_metric_set(cell_dir: Path, keys: list[str], models: dict[str, Any]) ->
             {"metric_keys": sorted(keys), "models": models, "computed_at": time.time()}, sort_keys=True, default=str))
 
 
-def read_metric_sets(cell_dir: Path) -> list[dict]:
-    """The metric configurations a cell was scored under, each with its entries' merged values."""
-    entries = {e["metric_key"]: e for e in read_metric_entries(cell_dir)}
+def read_metric_sets(cell_dir: Path, entries: list[dict] | None = None) -> list[dict]:
+    """The metric configurations a cell was scored under, each with its entries' merged values
+    (`entries`: the cell's metric entries when the caller has read them already)."""
+    entries = {e["metric_key"]: e for e in (read_metric_entries(cell_dir) if entries is None else entries)}
     out = []
     for path in sorted((Path(cell_dir) / METRICS_DIR / "sets").glob("*.json")):
         s = read_record(path)
@@ -107,7 +108,9 @@ def read_edited_frames(folder: Path, lossy: str = "edited.mp4") -> Any:
     if (folder / "frames.pt").exists():
         import torch
 
-        return (torch.load(folder / "frames.pt").float().clamp(0, 1) * 255).round().to(torch.uint8)
+        from vedit.video import to_uint8
+
+        return to_uint8(torch.load(folder / "frames.pt"))
     return load_frames_uint8(folder / lossy)
 
 
@@ -139,9 +142,6 @@ class ResultStore:
 
     def edited_frames(self, key: str) -> Any:
         return read_edited_frames(self.cell_dir(key))
-
-    def metric_entries(self, key: str) -> list[dict]:
-        return read_metric_entries(self.cell_dir(key))
 
     def new_workdir(self, key: str) -> Path:
         """`tmp/<key>.<host>.<pid>.<random>`: the host and pid say whose work it is (see clean_tmp)."""
@@ -229,17 +229,20 @@ class ResultStore:
     def counts(self) -> dict[str, int]:
         """Cells by status (ok, failed) plus cells being computed now (running)."""
         out = {"ok": 0, "failed": 0}
-        for rec in self.records():
+        for rec in self.records(with_metrics=False):
             out[rec.get("status", "failed")] = out.get(rec.get("status", "failed"), 0) + 1
         out["running"] = len(self.claimed())
         return out
 
-    def records(self) -> Iterator[dict]:
+    def records(self, with_metrics: bool = True) -> Iterator[dict]:
         """Each cell's record with its metric entries (`metric_entries`, all configurations) and, for a
-        quick look, `metrics`: the newest value of each metric over those entries."""
+        quick look, `metrics`: the newest value of each metric over those entries (not read when
+        `with_metrics` is false)."""
         for path in sorted(self.cells.glob(f"*/{RECORD}")):
             rec = read_record(path)
-            if rec is not None:
+            if rec is not None and not with_metrics:
+                yield {**rec, "_dir": str(path.parent)}
+            elif rec is not None:
                 entries = read_metric_entries(path.parent)
                 latest = {k: v for e in entries for k, v in e.get("values", {}).items()}
                 yield {**rec, "_dir": str(path.parent), "metric_entries": entries,

@@ -119,11 +119,6 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return frames.detach().float().clamp(0, 1).mul(255).round_().to(torch.uint8)
 
 
-def frames_from_uint8(arrays: list[np.ndarray]) -> torch.Tensor:
-    """List of (H, W, 3) uint8 arrays -> (T, 3, H, W) float tensor in [0, 1]."""
-    return to_float(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
-
-
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(T, 3, H, W) float in [0, 1] (or uint8) -> (T, H, W, 3) uint8."""
     return to_uint8(frames).permute(0, 2, 3, 1).cpu().numpy()

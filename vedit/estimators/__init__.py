@@ -156,12 +156,12 @@ class Estimators:
             adjacent = self.flow(task)
             return _chained_pairs(adjacent, pairs)
         if method == "dis":
-            params, compute = {"preset": "medium", "pairs": pairs}, lambda: dis_flow_pairs(task.video.frames, pairs)
+            params, compute = {"preset": "medium", "pairs": pairs}, lambda: dis_flow_pairs(task.video.pixels, pairs)
         else:
             model = self._raft()
             params = {"model": self.raft_name, "weights": model_fingerprint(model), "iters": self.raft_iters,
                       "pairs": pairs}
-            compute = lambda: raft_flow_pairs(task.video.frames, pairs, model, self.raft_iters)  # noqa: E731
+            compute = lambda: raft_flow_pairs(task.video.pixels, pairs, model, self.raft_iters)  # noqa: E731
 
         def with_occlusion() -> dict[str, torch.Tensor]:
             fwd, bwd = compute()
@@ -222,7 +222,7 @@ class Estimators:
         kind = _choose(kind or self.edges_method, EDGE_METHODS, "edges")
         if kind == "canny":
             return self._cached(task, "edges-canny", {"low": low, "high": high},
-                                lambda: canny_edges(task.video.frames, low, high))
+                                lambda: canny_edges(task.video.pixels, low, high))
         if self.hed_model is None:
             self.hed_model = load_hed(self.device)
         model = self.hed_model
@@ -249,7 +249,7 @@ class Estimators:
             return masks, "salient"
         if self.masks_method == "dataset" and "mask" in task.side:
             return task.side["mask"], "gt" if task.dataset in GROUND_TRUTH_DATASETS else "dataset"
-        return whole_frame(task.video.frames), "none"
+        return whole_frame(task.video.pixels), "none"
 
     def correspondence(self, task: EditTask) -> torch.Tensor:
         """(T, 2, H, W) coordinates in frame 0 (NaN where none): ground truth, else chained flow."""

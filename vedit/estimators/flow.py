@@ -21,8 +21,6 @@ RAFT_WEIGHTS = {"raft_large": "Raft_Large_Weights", "raft_small": "Raft_Small_We
 
 
 def _gray(frame: torch.Tensor) -> np.ndarray:
-    if frame.dtype == torch.uint8:
-        return cv2.cvtColor(frame.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2GRAY)
     return cv2.cvtColor(frames_to_uint8(frame[None])[0], cv2.COLOR_RGB2GRAY)
 
 
@@ -88,8 +86,7 @@ def raft_flow(frames: torch.Tensor, model: torch.nn.Module, iters: int = 12, bat
     pad = (0, max(128, w + (-w) % 8) - w, 0, max(128, h + (-h) % 8) - h)
     fwd, bwd = torch.empty(t - 1, 2, h, w, dtype=dtype), torch.empty(t - 1, 2, h, w, dtype=dtype)
     for i in range(0, t - 1, batch_size):
-        chunk = frames[i:i + batch_size + 1]
-        chunk = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk.float()
+        chunk = to_float(frames[i:i + batch_size + 1])
         images = F.pad(chunk * 2 - 1, pad, mode="replicate").to(device)
         a, b = torch.cat([images[:-1], images[1:]]), torch.cat([images[1:], images[:-1]])
         flow = model(a, b, num_flow_updates=iters)[-1][..., :h, :w].cpu()
