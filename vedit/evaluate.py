@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -136,8 +135,7 @@ def import_folder(folder: Path, prompts: str, method: str, store: ResultStore) -
     keys = []
     for vid, e in read_edits(folder, prompts).items():
         source = read_video(e["source"], e["source"].stem)
-        edited = load_frames_uint8(e["edited"]) if e["edited"].is_file() else \
-            (read_video(e["edited"]).frames * 255).round().to(torch.uint8)
+        edited = load_frames_uint8(e["edited"])  # a video file or a folder of frames
         parts = {"method": {"name": method, "params": {"folder": folder.name}}, "backbone": {"kind": "external"},
                  "data": {"name": "folder", "root": folder.name}, "video": vid, "video_hash": source.content_hash(),
                  "source_prompt": e["source_prompt"], "target_prompt": e["target_prompt"], "seed": 0}

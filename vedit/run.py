@@ -157,7 +157,7 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
         if frames.is_floating_point() and not all(torch.isfinite(c).all() for c in frames.split(CHUNK)):
             raise EditorError(f"{editor.name} produced NaN/inf frames for video {task.video.id!r} "
                               f"(prompt {task.target_prompt!r}); try float32 (backbone.dtype=float32)")
-        stored = frames if frames.dtype == torch.uint8 else to_uint8(frames)
+        stored = to_uint8(frames)
         metric_start = time.perf_counter()
         for metric in metrics:  # computed on the stored (lossless uint8) frames, as a later re-scoring is
             write_metric_entry(work, metric_entry(metric, stored, task))

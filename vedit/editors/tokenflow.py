@@ -313,7 +313,7 @@ class TokenFlowEditor(Editor):
                self.steps, str(self.backbone.dtype))
         if self.latent_cache is not None and key in self.latent_cache:
             return self.latent_cache[key].to(self.device, self._latent_dtype), True
-        x0 = torch.cat([self.backbone.encode_images(c) for c in task.video.frames.split(self.vae_batch)])
+        x0 = torch.cat([self.backbone.encode_images(c) for c in task.video.chunks(self.vae_batch)])
         # stored in the backbone's dtype (as the released code stores them), so that a fresh and a
         # cached run start from the same values
         trajectory = self.invert(x0.to(self._latent_dtype), embeds).to(self.backbone.dtype)

@@ -248,7 +248,7 @@ class VidMP3Editor(Editor):
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "guide_weight": P.number(),
         "guide_input": P.choice(*GUIDE_INPUTS), "motion_guide": P.boolean(), "tune_steps": P.integer(0),
-        "tune_lr": P.number(0, low_open=True), "tune_frames": P.integer(1), "tune_stride": P.integer(1),
+        "tune_lr": P.number(0, low_open=True),
         "guide_resolution": P.integer(8), "gradient_checkpointing": P.boolean(), "vae_batch": P.integer(1),
         "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
     }
