@@ -318,3 +318,10 @@ def test_run_on_davis_mini(tmp_path):
     rec, = summary.records
     assert rec["video"] == "blackswan" and rec["num_frames"] == 9
     assert set(rec["metrics"]) >= {"clip_text", "clip_image", "warp_mse"}
+
+
+def test_unknown_param_is_named_with_a_suggestion_before_any_model_is_built():
+    from vedit.editors.params import ParamError
+
+    with pytest.raises(ParamError, match="pnp_attn is unknown, did you mean 'pnp_attn_t'"):
+        TokenFlowEditor.check_params({"pnp_attn": 0.5})

@@ -218,9 +218,7 @@ class TokenFlowEditor(Editor):
                  sdedit_noise: str = "ddim", unet_batch: int | None = None, vae_batch: int = 8,
                  attention_kernels: Sequence[str] | None = None, latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
-        params = {k: v for k, v in locals().items() if k not in ("self", "backbone", "estimators", "latent_cache",
-                                                                  "__class__")}
-        self.check_params(params)
+        self.check_params({k: v for k, v in locals().items() if k not in ("self", "__class__", *self.INJECTED)})
         self.variant, self.steps, self.guidance_scale = variant, int(steps), float(guidance_scale)
         self.negative_prompt, self.inversion_prompt = negative_prompt, inversion_prompt
         self.inversion_steps, self.batch_size = int(inversion_steps or steps), int(batch_size)
@@ -241,7 +239,10 @@ class TokenFlowEditor(Editor):
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> None:
-        """Raise EditorError naming the parameter, its value and what is allowed."""
+        """Raise EditorError naming the parameter, its value and what is allowed (ParamError with a
+        did-you-mean for an unknown key, as every editor)."""
+        super().check_params(params)
+
         def bad(key: str, allowed: str) -> EditorError:
             return EditorError(f"tokenflow: {key}={params[key]!r} is invalid; allowed: {allowed}")
 
