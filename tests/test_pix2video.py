@@ -130,18 +130,22 @@ def test_identical_frames_edit_identically_with_injection_and_update(bb64):
 
 
 @pytest.mark.parametrize("injection,guidance", [("anchor+previous", 7.5), ("previous", 7.5), ("anchor", 1.0)])
-def test_wavefront_equals_sequential(bb64, injection, guidance):
+@pytest.mark.parametrize("schedule", ["lockstep", "wavefront"])
+def test_batched_schedules_equal_sequential(bb64, schedule, injection, guidance):
     task = random_task(frames=5, seed=2)
-    wave = editor(bb64, injection=injection, guidance_scale=guidance, schedule="wavefront")
     seq = editor(bb64, injection=injection, guidance_scale=guidance, schedule="sequential")
-    lw, ls = sample_latents(wave, task), sample_latents(seq, task)
-    assert (lw - ls).abs().max() <= 1e-6 * ls.abs().max()
-    assert wave.num_unet_calls(5) == 5 + STEPS - 1 and seq.num_unet_calls(5) == 5 * STEPS
-    chunked = editor(bb64, injection=injection, guidance_scale=guidance, sampling_batch_size=2)
-    assert (sample_latents(chunked, task) - ls).abs().max() <= 1e-6 * ls.abs().max()
-    for multiple in (None, 3):  # unpadded calls, and padding to a size that is not a power of two
-        other = editor(bb64, injection=injection, guidance_scale=guidance, batch_multiple=multiple)
+    ls = sample_latents(seq, task)
+    assert seq.num_unet_calls(5) == 5 * STEPS
+    batched = editor(bb64, injection=injection, guidance_scale=guidance, schedule=schedule)
+    assert (sample_latents(batched, task) - ls).abs().max() <= 1e-6 * ls.abs().max()
+    assert batched.num_unet_calls(5) == {"lockstep": STEPS, "wavefront": 5 + STEPS - 1}[schedule]
+    # chunks of at most 2 frames (lockstep: 2, 2, 1 per step, each reading the frame before it from the
+    # previous chunk), unpadded calls, and padding to a size that is not a power of two
+    for switch in ({"sampling_batch_size": 2}, {"batch_multiple": None}, {"batch_multiple": 3}):
+        other = editor(bb64, injection=injection, guidance_scale=guidance, schedule=schedule, **switch)
         assert (sample_latents(other, task) - ls).abs().max() <= 1e-6 * ls.abs().max()
+    assert editor(bb64, schedule="lockstep", sampling_batch_size=2).num_unet_calls(5) == 3 * STEPS
+    assert [len(c) for c in editor(bb64, schedule="lockstep", sampling_batch_size=4)._calls(5)][:2] == [3, 2]
 
 
 def test_latent_update_lowers_consecutive_x0_distance(bb64):
@@ -270,3 +274,29 @@ def test_davis_blackswan(bb64):
     result = editor(bb64).edit(task)
     assert result.frames.shape == (3, 3, 64, 64)
     assert torch.isfinite(result.frames).all() and result.frames.min() >= 0 and result.frames.max() <= 1
+
+
+@pytest.mark.parametrize("frames,params", [(5, {}), (7, {"sampling_batch_size": 3, "inversion_batch_size": 2})])
+def test_warmup_calls_the_unet_at_the_shapes_the_edit_uses_and_changes_no_frame(bb64, monkeypatch, frames, params):
+    """Warm-up at the video's size and length runs the inversion and sampling batch shapes of the edit
+    (lockstep: its only sampling shape) with feature injection on, draws no random numbers and leaves
+    the edit's frames bit for bit unchanged."""
+    import vedit.editors.pix2video as pix2video_module
+
+    task = random_task(frames=frames, seed=4)
+    ed = editor(bb64, **params)
+    before = ed.edit(task).frames
+    calls: dict[str, list] = {"unet": [], "injected": []}
+    unet_forward, kv_source = bb64.unet.forward, pix2video_module._FeatureBank.kv_source
+    monkeypatch.setattr(bb64.unet, "forward", lambda sample, *a, **kw: (
+        calls["unet"].append(sample.shape[0]), unet_forward(sample, *a, **kw))[1])
+    monkeypatch.setattr(pix2video_module._FeatureBank, "kv_source", lambda self, name, x: (
+        calls["injected"].append(x.shape[0]), kv_source(self, name, x))[1])
+    rng = torch.get_rng_state()
+    ed.warmup(tuple(task.video.size), frames)
+    assert torch.equal(torch.get_rng_state(), rng)
+    warm = {k: set(v) for k, v in calls.items()}
+    calls = {"unet": [], "injected": []}
+    torch.testing.assert_close(ed.edit(task).frames, before, rtol=0, atol=0)
+    sampling_rows = {2 * ed._padded(len(c)) for c in ed._calls(frames)}
+    assert len(sampling_rows) == 1 and set(calls["unet"]) <= warm["unet"] and sampling_rows <= warm["injected"]

@@ -225,13 +225,15 @@ def _warmup_wanted(setting: Any, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
-def warm_up(editor, size: tuple[int, int], device: torch.device) -> float | None:
-    """`editor.warmup(size)`; its seconds (once per process, like model loading: not a cell's cost),
-    None when it failed (the first cell then pays the set-up; its own errors are its record's)."""
+def warm_up(editor, video, device: torch.device) -> float | None:
+    """`editor.warmup` at the video's size and length; its seconds (once per process, like model loading:
+    not a cell's cost), None when it failed (the first cell then pays the set-up; its own errors are its
+    record's)."""
+    size = video.size
     timer = PhaseTimer(device)
     try:
         with timer.phase("warmup"):
-            editor.warmup(size)
+            editor.warmup(size, video.num_frames)
         return timer.seconds["warmup"]
     except Exception as e:  # noqa: BLE001 - an optimisation; the cells go on
         log.warning("warm-up at size %s failed (%s: %s); the first cell pays the set-up", size, type(e).__name__, e)
@@ -323,7 +325,7 @@ def run(cfg: DictConfig) -> RunSummary:
                 rec = finished(cell.key)  # finished by another process since the first look
                 if rec is None:
                     if warmup and cell.task is not None and "warmup_seconds" not in common:
-                        common["warmup_seconds"] = warm_up(editor, cell.task.video.size, device)
+                        common["warmup_seconds"] = warm_up(editor, cell.task.video, device)
                     start = time.perf_counter()
                     common["cell_index_in_process"] = summary.computed  # 0: the process's first (after warmup)
                     rec = run_cell(cell, editor, metrics, store, common, bool(cfg.save_frames))

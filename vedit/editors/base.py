@@ -107,10 +107,11 @@ class Editor:
         with self.attention_settings():
             return self._edit(task)
 
-    def warmup(self, size: tuple[int, int]) -> None:
+    def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
         """Pay a fresh process's one-time GPU set-up before the first edit (vedit.run calls this once,
-        with the first video's size (H, W)): one call of each backbone model, under the editor's
-        attention settings. Nothing an edit computes depends on it."""
+        with the first video's size (H, W) and length): one call of each backbone model, under the
+        editor's attention settings; editors add the batch shapes their edits start with. Nothing an
+        edit computes depends on it."""
         if self.backbone is not None:
             with self.attention_settings():
                 self.backbone.warmup(size, batch=max(2, self.cudnn_attention_batch or 0))

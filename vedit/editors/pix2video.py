@@ -9,10 +9,12 @@ diffusion model (SD 2 depth), frame by frame.
 3. During the first half of the steps, x_{t-1} of frame i is pulled toward frame i-1's predicted x0
    (guided latent update): L = s * mean((x0_prev - x0)^2), x_{t-1} <- x_{t-1} - dL/dx0.
 
-Frame i at step t needs frame i-1 only at step t, so the frames run on a wavefront: one batched
-UNet call advances every active frame by one step, frame i at step t beside frame i-1 at step t+1.
-N frames cost N + steps - 1 UNet calls instead of N * steps; `schedule="sequential"` is the paper's
-loop, with the same arithmetic.
+Frame i at step t needs frame i-1 only at step t: its layer inputs, which a batched UNet call
+computes layer by layer for every row at once, and its x0. So `schedule="lockstep"` runs every frame
+at the same step in one call (in chunks of `sampling_batch_size` frames, a chunk reading the frame
+before it from the previous chunk): `steps` calls of one batch shape. `"wavefront"` runs frame i at
+step t beside frame i-1 at step t+1 (N + steps - 1 calls of changing size); `"sequential"` is the
+paper's loop. All three do the same arithmetic.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
 
 INJECTIONS = ("anchor+previous", "anchor", "previous", "none")
-SCHEDULES = ("wavefront", "sequential")
+SCHEDULES = ("lockstep", "wavefront", "sequential")
 
 Item = tuple[int, int]  # (frame, step)
 
@@ -43,8 +45,9 @@ class _FeatureBank:
 
     The UNet call in flight processes `items`; its batch is laid out branch-major
     ([uncond rows; cond rows], one row per item), so `x.view(branches, len(items), ...)`.
-    Item (f, s) reads the anchor's features at step s and frame f-1's features and x0 at step s;
-    entries are dropped as soon as their last reader has run.
+    Item (f, s) reads the anchor's features at step s and frame f-1's features and x0 at step s,
+    from this call when (f-1, s) is in it, else from an earlier call; entries are dropped as soon as
+    their last reader has run.
     """
 
     def __init__(self, injection: str, num_frames: int, branches: int, update_steps: range) -> None:
@@ -78,8 +81,10 @@ class _FeatureBank:
 
     def previous_x0(self, x0: torch.Tensor) -> torch.Tensor:
         """Frame f-1's predicted x0 at the same step per item (the item's own where none is used)."""
-        return torch.stack([self.x0[(f - 1, s)] if f > 0 and s in self.update_steps else own
-                            for (f, s), own in zip(self.items, x0.unbind(0))])
+        this_call = dict(zip(self.items, x0.unbind(0)))
+        return torch.stack([own if f == 0 or s not in self.update_steps
+                            else this_call[(f - 1, s)] if (f - 1, s) in this_call else self.x0[(f - 1, s)]
+                            for (f, s), own in this_call.items()])
 
     def finish(self, x0: torch.Tensor) -> None:
         """Keep this call's x0 where the next frame will read it; drop what this call consumed."""
@@ -127,8 +132,8 @@ class Pix2VideoEditor(Editor):
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
                  injection: str = "anchor+previous", layers: str | Sequence[str] = "decoder",
                  latent_update: bool = True, update_step: float = 100.0,
-                 update_window: Sequence[float] = (0.0, 0.5), schedule: str = "wavefront",
-                 inversion_batch_size: int = 64, vae_batch: int = 8, sampling_batch_size: int | None = None,
+                 update_window: Sequence[float] = (0.0, 0.5), schedule: str = "lockstep",
+                 inversion_batch_size: int = 64, vae_batch: int = 8, sampling_batch_size: int | None = 50,
                  batch_multiple: int | None = 4,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
                  cudnn_attention_batch: int | None = 4,
@@ -237,8 +242,7 @@ class Pix2VideoEditor(Editor):
         out = []
         for x0, d in zip(latents.split(self.inversion_batch_size), depth.split(self.inversion_batch_size)):
             n = x0.shape[0]
-            pad = -n % self.batch_multiple if self.batch_multiple else 0
-            x0, d = (torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) for v in (x0, d))
+            x0, d = (torch.cat([v, v[-1:].expand(self._padded(n) - n, *v.shape[1:])]) for v in (x0, d))
             emb = source_embeds.expand(x0.shape[0], -1, -1)
             out.append(ddim.invert(x0, lambda x, t, i: self._eps(x, d, t, emb))[0][:n])
         return torch.cat(out)
@@ -248,28 +252,61 @@ class Pix2VideoEditor(Editor):
                target_embeds: torch.Tensor) -> torch.Tensor:
         """Edit all frames from their initial noise (T, 4, h, w); returns the clean latents."""
         run = self._prepare_run(noise, depth, uncond_embeds, target_embeds)
-        processors = {} if self.injection == "none" else {
-            name: InjectedKVAttnProcessor(name, run.bank.kv_source) for name in self.layer_names}
-        with attention_processors(self.backbone.unet, processors):
+        with self._injection(run):
             for items in self._calls(noise.shape[0]):
-                for k in range(0, len(items), self.sampling_batch_size or len(items)):
-                    self._denoise(run, items[k:k + (self.sampling_batch_size or len(items))])
+                self._denoise(run, items)
         return run.x
 
+    @torch.no_grad()
+    def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
+        """The backbone's models, then one call of each shape an edit of `num_frames` frames at `size`
+        starts with: VAE encode and decode of a `vae_batch` chunk, an inversion call, and the first
+        sampling call with feature injection (on a schedule of one batch shape, its only one).
+        Constant inputs; nothing is kept."""
+        super().warmup(size, num_frames)
+        bb, n = self.backbone, num_frames
+        h, w = (v // bb.vae_scale for v in size)
+        with self.attention_settings():
+            bb.decode_latents(bb.encode_images(torch.full((min(n, self.vae_batch), 3, *size), 0.5)))
+            embeds = bb.encode_prompt([""])
+            zeros = torch.zeros(n, 4, h, w, device=self.device, dtype=self._latent_dtype)
+            rows = self._padded(min(n, self.inversion_batch_size))
+            self._eps(zeros[:1].expand(rows, -1, -1, -1), zeros[:1, :1].expand(rows, -1, -1, -1),
+                      torch.full((rows,), 500, device=self.device), embeds.expand(rows, -1, -1))
+            run = self._prepare_run(zeros, zeros[:, :1], embeds, embeds)
+            with self._injection(run):
+                self._denoise(run, next(self._calls(n)))
+
     def num_unet_calls(self, num_frames: int) -> int:
-        return sum(-(-len(items) // (self.sampling_batch_size or len(items))) for items in self._calls(num_frames))
+        return sum(1 for _ in self._calls(num_frames))
 
     # ---- sampling internals -------------------------------------------------------------------
 
     def _calls(self, num_frames: int) -> Iterator[list[Item]]:
-        """The (frame, step) items of each batched call, in order, for the chosen schedule."""
+        """The (frame, step) items of each UNet call, in order: the schedule's groups, each split into
+        the fewest chunks of at most `sampling_batch_size` items, of equal size up to one."""
+        for group in self._groups(num_frames):
+            chunks = -(-len(group) // (self.sampling_batch_size or len(group)))
+            size = -(-len(group) // chunks)
+            yield from (group[k:k + size] for k in range(0, len(group), size))
+
+    def _groups(self, num_frames: int) -> Iterator[list[Item]]:
         if self.schedule == "sequential":
             for f in range(num_frames):
                 for s in range(self.steps):
                     yield [(f, s)]
+        elif self.schedule == "lockstep":
+            for s in range(self.steps):
+                yield [(f, s) for f in range(num_frames)]
         else:
             for c in range(num_frames + self.steps - 1):
                 yield [(f, c - f) for f in range(max(0, c - self.steps + 1), min(num_frames - 1, c) + 1)]
+
+    def _injection(self, run: _Run):
+        """The UNet's chosen self-attention layers reading keys/values from `run.bank`."""
+        processors = {} if self.injection == "none" else {
+            name: InjectedKVAttnProcessor(name, run.bank.kv_source) for name in self.layer_names}
+        return attention_processors(self.backbone.unet, processors)
 
     def _prepare_run(self, noise, depth, uncond_embeds, target_embeds) -> _Run:
         ddim = DDIM(self.backbone.scheduler(), self.steps)
@@ -301,7 +338,7 @@ class Pix2VideoEditor(Editor):
         The copies compute the same rows again and are dropped.
         """
         n = len(items)
-        padded = items + [items[-1]] * (-n % self.batch_multiple if self.batch_multiple else 0)
+        padded = items + [items[-1]] * (self._padded(n) - n)
         frame_idx, step_idx = _to_device(torch.tensor(padded, dtype=torch.long).T.contiguous(), self.device)
         branches = run.embeds.shape[0]
         x_all = run.x[frame_idx]
@@ -321,6 +358,10 @@ class Pix2VideoEditor(Editor):
             x_prev = x_prev - coef.view(-1, 1, 1, 1) * (x0 - run.bank.previous_x0(x0))
         run.bank.finish(x0)
         run.x[frame_idx] = x_prev
+
+    def _padded(self, n: int) -> int:
+        """Rows of a call of n items: n rounded up to a multiple of `batch_multiple`."""
+        return n + (-n % self.batch_multiple if self.batch_multiple else 0)
 
     def _eps(self, x: torch.Tensor, depth: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         unet = self.backbone.unet

@@ -449,10 +449,10 @@ class RerenderEditor(Editor):
         self.cudnn_attention_batch = None if cudnn_attention_batch is None else int(cudnn_attention_batch)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
 
-    def warmup(self, size: tuple[int, int]) -> None:
+    def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
         """The backbone's models, then one propagation of a 3-frame constant clip at `size` (keys 0 and 2,
         still flows): its GPU kernels' first-call set-up is the rest of a first cell's extra time."""
-        super().warmup(size)
+        super().warmup(size, num_frames)
         dev = self.device
         frames, still = torch.full((3, 3, *size), 0.5, device=dev), torch.zeros(2, 2, *size, device=dev)
         occluded = torch.zeros(2, 1, *size, device=dev)
