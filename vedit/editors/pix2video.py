@@ -135,8 +135,7 @@ class Pix2VideoEditor(Editor):
                  update_window: Sequence[float] = (0.0, 0.5), schedule: str = "lockstep",
                  inversion_batch_size: int = 64, vae_batch: int = 8, sampling_batch_size: int | None = 50,
                  batch_multiple: int | None = 4,
-                 attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
-                 cudnn_attention_batch: int | None = 4,
+                 attention_kernels: Sequence[str] | None = None, cudnn_attention_batch: int | None = None,
                  latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         if injection not in INJECTIONS:
