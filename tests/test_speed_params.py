@@ -21,10 +21,10 @@ from vedit.task import EditTask
 CASES = {
     "pix2video": ("sd2-depth", {"steps": 3},
                   {"schedule": "sequential", "inversion_batch_size": 1, "vae_batch": 1, "sampling_batch_size": 1,
-                   "batch_multiple": None, "attention_kernels": ["math"], "cudnn_attention_batch": 3}),
+                   "batch_multiple": None, "attention_kernels": ["math"]}),
     "rerender": ("sd15-controlnet", {"steps": 4, "x0_strength": 1.0, "key_interval": 2},
                  {"schedule": "sequential", "reuse_direct_pass": False, "sampling_batch_size": 1,
-                  "batch_multiple": None, "attention_kernels": ["math"], "cudnn_attention_batch": 3}),
+                  "batch_multiple": None, "attention_kernels": ["math"]}),
     "tokenflow": ("sd21", {"steps": 3, "batch_size": 3},
                   {"unet_batch": 1, "vae_batch": 1, "attention_kernels": ["math"]}),
     "vidmp3": ("sd15-animatediff", {"steps": 2, "tune_steps": 2, "guide_resolution": 32},
@@ -80,28 +80,3 @@ def test_cell_key_and_label_ignore_speed_params_and_records_keep_them(tmp_path):
     assert method_label("pix2video", params, first["method_speed_params"]) == "pix2video (steps=2)"
     assert method_label("pix2video", other["config"]["method"]["params"], other["method_speed_params"]) == \
         "pix2video (guidance_scale=5.0, steps=2)"
-
-
-@pytest.mark.parametrize("name", ["pix2video", "rerender"])
-def test_cudnn_attention_batch_chunks_every_self_attention_call_and_changes_no_frame(name, monkeypatch):
-    """With cudnn_attention_batch=3 every spatial self-attention call (the injected ones and the rest, in
-    the UNet and the ControlNet) reaches SDPA in chunks of 3 rows, the remainder apart; frames are those
-    of whole batches (float64; on the CPU there is no cuDNN, so this checks the chunking)."""
-    family, small, _ = CASES[name]
-    backbone = build_backbone("tiny", family, dtype="float64", seed=0)
-    task = synthetic_task()
-    default = EDITORS.get(name)(backbone, **small, cudnn_attention_batch=None).edit(task).frames
-    sdpa, batches, inside = torch.nn.functional.scaled_dot_product_attention, [], []
-
-    def spy(query, key, value, **kwargs):
-        if inside and key.shape[-2] != 77:  # the UNet's or ControlNet's, not cross-attention to the prompt
-            batches.append(query.shape[0])
-        return sdpa(query, key, value, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    for model in filter(None, (backbone.unet, backbone.controlnet)):
-        model.register_forward_pre_hook(lambda *a: inside.append(1))
-        model.register_forward_hook(lambda *a: inside.pop() and None)
-    chunked = EDITORS.get(name)(backbone, **small, cudnn_attention_batch=3).edit(task).frames
-    assert batches and max(batches) == 3 and set(batches) >= {3}, sorted(set(batches))
-    torch.testing.assert_close(chunked, default, rtol=1e-9, atol=1e-9)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from vedit.backbones import build_backbone
 from vedit.backbones.compile import compile_blocks
-from vedit.editors.pix2video import Pix2VideoEditor
+from vedit.editors.pix2video import SCHEDULES, Pix2VideoEditor
 from vedit.task import EditTask
 from vedit.video import Video
 
@@ -100,8 +100,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--inversion-batch-size", type=int, default=16)
-    p.add_argument("--sampling-batch-size", type=int, default=None)
-    p.add_argument("--schedule", choices=["wavefront", "sequential"], default="wavefront")
+    p.add_argument("--sampling-batch-size", type=int, default=50)
+    p.add_argument("--schedule", choices=SCHEDULES, default="lockstep")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet's resnets, feed-forwards and cross-attention (dynamic shapes)")
     p.add_argument("--peer", action="store_true", help="also time diffusers' StableDiffusionDepth2ImgPipeline")
@@ -127,10 +127,11 @@ def main() -> None:
                              inversion_batch_size=args.inversion_batch_size,
                              sampling_batch_size=args.sampling_batch_size)
 
-    # Warm-up (kernels, cudnn autotuning; with --compile every batch size of the wavefront ramp).
+    # Warm-up (kernels, cuDNN graphs; with --compile every batch size of the schedule).
     warm = task if args.compile else EditTask(Video(frames[:3], 24.0, "warmup"), SOURCE, TARGET,
                                              side={"depth": depth[:3]})
     editor.edit(warm)
+    editor.warmup(tuple(task.video.size), args.frames)
     print(f"backbone built in {build_s:.1f}s; warm-up done", flush=True)
     result = editor.edit(task)
     print(f"edit of {args.frames} frames: {result.timings}", flush=True)

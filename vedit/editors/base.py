@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import inspect
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 import torch
 
 from vedit.editors.params import Rule, check
 from vedit.errors import EditorError
-from vedit.ops.attention import SelfAttnProcessor, attention_processors, sdpa_kernels, self_attention_layers
+from vedit.ops.attention import sdpa_kernels
 from vedit.task import EditResult, EditTask
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ class Editor:
     # effects, tested in test_speed_params): left out of cell keys and leaderboard labels, kept in records
     SPEED_PARAMS: ClassVar[tuple[str, ...]] = ()
     attention_kernels: list[str] | None = None  # SDPA kernels `edit` allows (vedit.ops.attention.SDPA_KERNELS)
-    cudnn_attention_batch: int | None = None  # self-attention on cuDNN in fixed chunks of rows (vedit.ops.attention)
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> None:
@@ -102,32 +101,19 @@ class Editor:
                 )
 
     def edit(self, task: EditTask) -> EditResult:
-        """Edit one task: `_edit`, under the editor's attention settings (`attention_kernels`,
-        `cudnn_attention_batch`). Editors override `_edit`, or `edit` itself."""
-        with self.attention_settings():
+        """Edit one task: `_edit`, with attention limited to `attention_kernels`. Editors override
+        `_edit`, or `edit` itself."""
+        with sdpa_kernels(self.attention_kernels):
             return self._edit(task)
 
     def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
         """Pay a fresh process's one-time GPU set-up before the first edit (vedit.run calls this once,
         with the first video's size (H, W) and length): one call of each backbone model, under the
-        editor's attention settings; editors add the batch shapes their edits start with. Nothing an
+        editor's attention kernels; editors add the batch shapes their edits start with. Nothing an
         edit computes depends on it."""
         if self.backbone is not None:
-            with self.attention_settings():
-                self.backbone.warmup(size, batch=max(2, self.cudnn_attention_batch or 0))
-
-    @contextmanager
-    def attention_settings(self) -> Iterator[None]:
-        """F.scaled_dot_product_attention limited to `attention_kernels` (None: all, PyTorch's choice);
-        with `cudnn_attention_batch`, the backbone's spatial self-attention layers run through
-        `vedit.ops.attention.attend` in chunks of that many rows, cuDNN's kernels first."""
-        with sdpa_kernels(self.attention_kernels, self.cudnn_attention_batch), ExitStack() as stack:
-            if self.cudnn_attention_batch and self.backbone is not None:
-                for model in (self.backbone.unet, self.backbone.controlnet):
-                    if model is not None:
-                        stack.enter_context(attention_processors(
-                            model, {n: SelfAttnProcessor(n) for n in self_attention_layers(model, "all")}))
-            yield
+            with sdpa_kernels(self.attention_kernels):
+                self.backbone.warmup(size)
 
     def _edit(self, task: EditTask) -> EditResult:
         raise NotImplementedError(f"{type(self).__name__} defines neither edit(task) nor _edit(task)")

@@ -27,7 +27,7 @@ import torch
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
-from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors,
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.depth import normalize_depth
@@ -119,14 +119,13 @@ class Pix2VideoEditor(Editor):
     name = "pix2video"
     estimators_used = ("depth", "depth_anything_model")
     SPEED_PARAMS = ("schedule", "inversion_batch_size", "vae_batch", "sampling_batch_size", "batch_multiple",
-                    "attention_kernels", "cudnn_attention_batch")
+                    "attention_kernels")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "injection": P.choice(*INJECTIONS),
         "layers": P.layers("decoder", "all"), "latent_update": P.boolean(), "update_step": P.number(0),
         "update_window": P.period(), "schedule": P.choice(*SCHEDULES), "inversion_batch_size": P.integer(1),
         "vae_batch": P.integer(1), "sampling_batch_size": P.integer(1, optional=True),
         "batch_multiple": P.integer(1, optional=True), "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
-        "cudnn_attention_batch": P.integer(1, optional=True),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
@@ -135,7 +134,7 @@ class Pix2VideoEditor(Editor):
                  update_window: Sequence[float] = (0.0, 0.5), schedule: str = "lockstep",
                  inversion_batch_size: int = 64, vae_batch: int = 8, sampling_batch_size: int | None = 50,
                  batch_multiple: int | None = 4,
-                 attention_kernels: Sequence[str] | None = None, cudnn_attention_batch: int | None = None,
+                 attention_kernels: Sequence[str] | None = None,
                  latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         if injection not in INJECTIONS:
@@ -163,7 +162,6 @@ class Pix2VideoEditor(Editor):
         self.sampling_batch_size = sampling_batch_size
         self.batch_multiple = batch_multiple
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
-        self.cudnn_attention_batch = None if cudnn_attention_batch is None else int(cudnn_attention_batch)
         self.latent_cache = latent_cache
         self.layer_names = self_attention_layers(backbone.unet, self.layers)
         self._latent_dtype = torch.float64 if backbone.dtype == torch.float64 else torch.float32
@@ -265,7 +263,7 @@ class Pix2VideoEditor(Editor):
         super().warmup(size, num_frames)
         bb, n = self.backbone, num_frames
         h, w = (v // bb.vae_scale for v in size)
-        with self.attention_settings():
+        with sdpa_kernels(self.attention_kernels):
             bb.decode_latents(bb.encode_images(torch.full((min(n, self.vae_batch), 3, *size), 0.5)))
             embeds = bb.encode_prompt([""])
             zeros = torch.zeros(n, 4, h, w, device=self.device, dtype=self._latent_dtype)

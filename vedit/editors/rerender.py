@@ -383,8 +383,7 @@ def _switch(name: str, defaults: dict, given: dict | None) -> dict:
 class RerenderEditor(Editor):
     name = "rerender"
     estimators_used = ("flow", "edges")
-    SPEED_PARAMS = ("schedule", "reuse_direct_pass", "sampling_batch_size", "batch_multiple", "attention_kernels",
-                    "cudnn_attention_batch")
+    SPEED_PARAMS = ("schedule", "reuse_direct_pass", "sampling_batch_size", "batch_multiple", "attention_kernels")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "x0_strength": P.number(0, 1, low_open=True),
         "key_interval": P.integer(1), "control": P.choice("canny", "hed"), "canny_low": P.number(0),
@@ -398,7 +397,6 @@ class RerenderEditor(Editor):
         "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
         "sampling_batch_size": P.integer(1, optional=True), "batch_multiple": P.integer(1, optional=True),
         "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
-        "cudnn_attention_batch": P.integer(1, optional=True),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
                                  "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
     }
@@ -412,7 +410,6 @@ class RerenderEditor(Editor):
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
                  sampling_batch_size: int | None = None, batch_multiple: int | None = 2,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
-                 cudnn_attention_batch: int | None = None,
                  added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
@@ -446,7 +443,6 @@ class RerenderEditor(Editor):
         self.sampling_batch_size = None if sampling_batch_size is None else int(sampling_batch_size)
         self.batch_multiple = None if batch_multiple is None else int(batch_multiple)
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
-        self.cudnn_attention_batch = None if cudnn_attention_batch is None else int(cudnn_attention_batch)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
 
     def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:

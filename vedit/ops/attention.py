@@ -8,8 +8,7 @@ originals afterwards (diffusers style: the UNet is unchanged after the call).
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-from contextvars import ContextVar
+from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -57,13 +56,6 @@ class InjectedKVAttnProcessor:
         return attend(attn, hidden_states, kv_input, kv_input)
 
 
-class SelfAttnProcessor(InjectedKVAttnProcessor):
-    """diffusers' self-attention through `attend`, so that `sdpa_kernels(..., cudnn_batch)` applies to it."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name, lambda name, x: x)
-
-
 def attend(attn, hidden_states: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor) -> torch.Tensor:
     """diffusers' Attention math (SDPA) with separate key and value inputs; the query from hidden_states."""
     b = hidden_states.shape[0]
@@ -74,7 +66,8 @@ def attend(attn, hidden_states: torch.Tensor, key_input: torch.Tensor, value_inp
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
-    out = _sdpa_rows(query, key, value, attn.scale)  # (b, tokens, heads * head_dim)
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim)
     out = attn.to_out[1](attn.to_out[0](out))
     if attn.residual_connection:
         out = out + hidden_states
@@ -102,55 +95,18 @@ def attention_processors(unet: torch.nn.Module, processors: dict[str, object]) -
 
 SDPA_KERNELS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                 "math": "MATH"}
-_CUDNN_BATCH: ContextVar[int | None] = ContextVar("cudnn_batch", default=None)
 
 
 @contextmanager
-def sdpa_kernels(names: Sequence[str] | None, cudnn_batch: int | None = None) -> Iterator[None]:
+def sdpa_kernels(names: Sequence[str] | None) -> Iterator[None]:
     """Let `F.scaled_dot_product_attention` use only these kernels (PyTorch picks among them as usual);
     None = all of them. Without "cudnn", no cuDNN attention graph is built for each new input shape
-    (~0.4 s each in a fresh process on an H200).
-
-    cudnn_batch: `attend` (the processors of this module) splits its batch into chunks of this many
-    rows and runs the full chunks on cuDNN's kernels first (CUDA, 16-bit), the rest under `names`: one
-    cuDNN graph per layer shape for the whole process, whatever the calls' batch sizes.
-    """
-    token = _CUDNN_BATCH.set(cudnn_batch)
-    try:
-        if not names:
-            yield
-            return
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel([getattr(SDPBackend, SDPA_KERNELS[n]) for n in names]):
-            yield
-    finally:
-        _CUDNN_BATCH.reset(token)
-
-
-def _sdpa_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
-    """SDPA of (b, heads, n, d) inputs -> (b, n, heads * d), in chunks of `cudnn_batch` rows when set."""
-    b, heads, n, d = query.shape
-    chunk = _CUDNN_BATCH.get()
-    if not chunk or b < chunk:
-        out = F.scaled_dot_product_attention(query, key, value, scale=scale)
-        return out.transpose(1, 2).reshape(b, n, heads * d)
-    out = query.new_empty(b, n, heads, d)
-    full = b - b % chunk
-    cudnn = query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
-    with _cudnn_first() if cudnn else nullcontext():
-        for i in range(0, full, chunk):
-            out[i:i + chunk] = F.scaled_dot_product_attention(
-                query[i:i + chunk], key[i:i + chunk], value[i:i + chunk], scale=scale).transpose(1, 2)
-    if full < b:
-        out[full:] = F.scaled_dot_product_attention(query[full:], key[full:], value[full:], scale=scale).transpose(1, 2)
-    return out.view(b, n, heads * d)
-
-
-@contextmanager
-def _cudnn_first() -> Iterator[None]:
+    (~0.4 s each in a fresh process on an H200)."""
+    if not names:
+        yield
+        return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                      SDPBackend.MATH], set_priority=True):
+    with sdpa_kernel([getattr(SDPBackend, SDPA_KERNELS[n]) for n in names]):
         yield
+
