@@ -72,6 +72,21 @@ def test_single_key_frame_propagates_both_ways_on_static_video() -> None:
         torch.testing.assert_close(out[t], style[0], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("options", [{}, {"style_weight": 1.0, "search_vote_iters": 2}])
+def test_chain_batch_gives_the_same_frames_as_all_chains_at_once(options: dict) -> None:
+    """Keys 0, 4, 9 of 12 frames make 5 chains of unequal lengths; in groups of 1 or 2 per synthesis call
+    (random draws made for all of a step's chains and sliced) the frames are bit for bit those of one call."""
+    video, fwd, bwd = panning_video(12, 24, seed=3)
+    occ_fwd, occ_bwd = occlusion_masks(fwd, bwd)
+    keys = [0, 4, 9]
+    args = (video, keys, stylise(video)[keys], fwd, bwd, occ_fwd, occ_bwd)
+    whole = propagate_keyframes(*args, iterations=2, seed=5, **options)
+    for chain_batch in (1, 2):
+        torch.testing.assert_close(propagate_keyframes(*args, iterations=2, seed=5, chain_batch=chain_batch,
+                                                       **options), whole, rtol=0, atol=0)
+    assert not torch.equal(propagate_keyframes(*args, iterations=2, seed=6, **options), whole)  # draws matter
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(key_indices=[3, 1]), "strictly increasing"),
     (dict(key_indices=[0, 9]), "key_indices"),
@@ -80,6 +95,7 @@ def test_single_key_frame_propagates_both_ways_on_static_video() -> None:
     (dict(occ_bwd=torch.zeros(3, 1, 8, 8)), "occ_bwd"),
     (dict(patch_size=4), "patch_size"),
     (dict(blend="poisson"), "blend"),
+    (dict(chain_batch=0), "chain_batch"),
 ])
 def test_bad_input_names_the_argument(change: dict, message: str) -> None:
     video = torch.rand(4, 3, 16, 16)

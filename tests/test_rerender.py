@@ -118,7 +118,9 @@ def test_yaml_defaults_are_the_papers():
     assert prop["selective_vote"] is False and prop["weighted_vote"] is False and prop["blend_temperature"] is None
     assert (prop["selection"], prop["blend"], prop["poisson"]) == ("temporal", "meanstd", False)
     signature = inspect.signature(propagate_keyframes).parameters
-    runtime = {"source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed"}
+    runtime = {"source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed",
+               "chain_batch"}  # chain_batch: the top-level speed parameter propagation_batch
+    assert params["propagation_batch"] is None
     assert set(prop) == set(signature) - runtime
     assert {k: v for k, v in prop.items() if k != "weights"} == \
         {k: signature[k].default for k in prop if k != "weights"}
@@ -445,3 +447,18 @@ def test_warmup_runs_the_models_and_a_propagation_at_the_video_size_and_changes_
     assert sources == [(3, 3, *task.video.size)] and torch.equal(torch.get_rng_state(), rng)
     monkeypatch.undo()
     torch.testing.assert_close(run(bb, task, key_interval=2), before, rtol=0, atol=0)
+
+
+def test_propagation_out_of_memory_names_the_video_and_propagation_batch(monkeypatch):
+    """A GPU out-of-memory error in propagation (injected: a CPU cannot run out of GPU memory) becomes an
+    EditorError that names the video, the chains per call and the setting that lowers them."""
+    import vedit.editors.rerender as rerender_module
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(rerender_module, "propagate_keyframes", out_of_memory)
+    bb = build_backbone("tiny", "sd15-controlnet", dtype="float64")
+    task = make_task(num_frames=5)
+    with pytest.raises(EditorError, match=rf"{task.video.id!r}.* with 4 chains .*propagation_batch"):
+        run(bb, task, key_interval=2)

@@ -80,7 +80,8 @@ ADDED_PROMPT = "best quality, extremely detailed"
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                    "cropped, worst quality, low quality")
 PROPAGATION_PARAMS = set(inspect.signature(propagate_keyframes).parameters) - {
-    "source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed"}
+    "source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "chain_batch", "device",
+    "seed"}
 # The released code's EbSynth binary call (video_blend.py): 12 search/vote iterations per level with the
 # style term at weight 1 (its default), pyramid down to a short side of 2 * patch_size + 1 = 11 px.
 # (start inclusive, end inclusive) per period, as the released code compares steps with steps * period
@@ -383,7 +384,8 @@ def _switch(name: str, defaults: dict, given: dict | None) -> dict:
 class RerenderEditor(Editor):
     name = "rerender"
     estimators_used = ("flow", "edges")
-    SPEED_PARAMS = ("schedule", "reuse_direct_pass", "sampling_batch_size", "batch_multiple", "attention_kernels")
+    SPEED_PARAMS = ("schedule", "reuse_direct_pass", "sampling_batch_size", "batch_multiple", "attention_kernels",
+                    "propagation_batch")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "x0_strength": P.number(0, 1, low_open=True),
         "key_interval": P.integer(1), "control": P.choice("canny", "hed"), "canny_low": P.number(0),
@@ -396,7 +398,7 @@ class RerenderEditor(Editor):
         "color_adain": P.fields({"enabled": P.boolean(), "period": P.period()}),
         "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
         "sampling_batch_size": P.integer(1, optional=True), "batch_multiple": P.integer(1, optional=True),
-        "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
+        "attention_kernels": P.subset(*SDPA_KERNELS, optional=True), "propagation_batch": P.integer(1, optional=True),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
                                  "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
     }
@@ -410,6 +412,7 @@ class RerenderEditor(Editor):
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
                  sampling_batch_size: int | None = None, batch_multiple: int | None = 2,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
+                 propagation_batch: int | None = None,
                  added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
@@ -443,6 +446,7 @@ class RerenderEditor(Editor):
         self.sampling_batch_size = None if sampling_batch_size is None else int(sampling_batch_size)
         self.batch_multiple = None if batch_multiple is None else int(batch_multiple)
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
+        self.propagation_batch = None if propagation_batch is None else int(propagation_batch)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
 
     def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
@@ -568,8 +572,14 @@ class RerenderEditor(Editor):
             return outputs.cpu()
         dev = self.device
         side = {k: flows[k].to(dev) for k in ("flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd")}
-        params = {"seed": task.seed, **self.propagation}
-        return propagate_keyframes(frames.to(dev), keys, outputs.to(dev).float(), **side, **params).cpu()
+        params = {"seed": task.seed, "chain_batch": self.propagation_batch, **self.propagation}
+        try:
+            return propagate_keyframes(frames.to(dev), keys, outputs.to(dev).float(), **side, **params).cpu()
+        except torch.OutOfMemoryError as e:
+            chains = 2 * (len(keys) - 1)
+            raise EditorError(f"rerender: propagating {frames.shape[0]} frames of video {task.video.id!r} ran out of "
+                              f"GPU memory with {self.propagation_batch or chains} chains per synthesis call; set "
+                              "method.params.propagation_batch to fewer (e.g. 4): the same frames, less memory") from e
 
 
 class _Sampler:

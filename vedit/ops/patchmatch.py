@@ -115,18 +115,38 @@ def occupancy(nnf: torch.Tensor, source_size: tuple[int, int], patch_size: int) 
     return (F.conv2d(covered, box, padding=r) / patch_size ** 2)[:, 0]
 
 
+@dataclass(frozen=True)
+class RowWindow:
+    """Rows [start, stop) of a batch of `total` items. Random draws are made for the whole batch and
+    sliced, so a batch synthesised window by window, each from the same generator state, draws what
+    one call over the whole batch would."""
+
+    start: int
+    stop: int
+    total: int
+
+
+def randint(low: int, high: int, shape: tuple[int, ...], device: torch.device | str,
+            generator: torch.Generator | None, window: RowWindow | None = None) -> torch.Tensor:
+    """torch.randint of `shape` (batch first), drawn over the whole batch of `window` when one is given."""
+    if window is None:
+        return torch.randint(low, high, shape, device=device, generator=generator)
+    return torch.randint(low, high, (window.total, *shape[1:]), device=device,
+                         generator=generator)[window.start:window.stop]
+
+
 class PatchMatch:
     """Parallel PatchMatch between batched target and source features of one pyramid level."""
 
     def __init__(self, target: torch.Tensor, source: torch.Tensor, target_size: tuple[int, int],
                  source_size: tuple[int, int], patch_size: int, uniformity: float = 0.0,
                  split: int | None = None, split_weight: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, window: RowWindow | None = None) -> None:
         self.target, self.source = target, source
         self.target_size, self.source_size = target_size, source_size
         self.patch_size, self.uniformity = patch_size, uniformity
         self.split, self.split_weight = split, split_weight
-        self.generator = generator
+        self.generator, self.window = generator, window
         self.omega_best = patch_size ** 2 * target_size[0] * target_size[1] / (source_size[0] * source_size[1])
 
     def clamp(self, nnf: torch.Tensor) -> torch.Tensor:
@@ -157,7 +177,7 @@ class PatchMatch:
                 torch.where(better, cand_unif, unif))
 
     def random_offsets(self, like: torch.Tensor, radius: int) -> torch.Tensor:
-        return torch.randint(-radius, radius + 1, like.shape, device=like.device, generator=self.generator)
+        return randint(-radius, radius + 1, tuple(like.shape), like.device, self.generator, self.window)
 
     def run(self, nnf: torch.Tensor, iterations: int, search_radius: int,
             extra_candidates: list[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +341,8 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
                      feature_dims: int | None = 32, generator: torch.Generator | None = None,
                      style_weight: float = 0.0, search_vote_iters: int = 1,
                      weighted_vote: bool = False, vote_guide: Guide | None = None,
-                     coarsest_side: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     coarsest_side: int | None = None, window: RowWindow | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Synthesise the target in the style of `style` (B, C, Hs, Ws) by guided patch matching.
 
     Coarse to fine: PatchMatch at each pyramid level from the upsampled NNF of the coarser one (`levels`
@@ -338,6 +359,7 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
     weighs each patch's vote by 1 / (1 + its error / patch_size^2), so badly matched patches count less.
     With `vote_guide`, the final full-resolution result is its `selective_vote` instead of the mean, and
     the returned error is the chosen proposal's per-pixel guide error instead of the patch error.
+    `window`: this batch is those rows of a larger one (random draws as in one call over that batch).
     """
     if patch_size % 2 != 1:
         raise ValueError(f"guided_synthesis: patch_size={patch_size} must be odd")
@@ -381,7 +403,7 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
         extra, err_for_vote = [], None
         if nnf is None:
             nnf = seeded if seeded is not None else torch.stack(
-                [torch.randint(0, n, (b, *tsize), device=style.device, generator=generator) for n in (ssize[1], ssize[0])], 1)
+                [randint(0, n, (b, *tsize), style.device, generator, window) for n in (ssize[1], ssize[0])], 1)
             radius = max(ssize) // 2
         else:
             nnf = clamp_nnf(upsample_nnf(nnf, tsize), ssize)
@@ -393,7 +415,8 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
                 estimate = _features([(vote(level_style, nnf, patch_size, err_for_vote), style_weight)], tsize, patch_size)
                 target.append((estimate if style_basis is None else estimate @ style_basis).to(dtype))
             target = torch.cat([p for p in target + target_parts[1:] if p is not None], -1)
-            matcher = PatchMatch(target, source, tsize, ssize, patch_size, uniformity, split, split_weight, generator)
+            matcher = PatchMatch(target, source, tsize, ssize, patch_size, uniformity, split, split_weight, generator,
+                                 window)
             nnf, err = matcher.run(nnf, iterations, radius, extra)
             extra, radius = [], min(4, max(ssize) // 2)
             err_for_vote = err if weighted_vote else None

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from vedit.errors import EditorError
 from vedit.ops.blend import BLEND_MODES, blend_pair, error_aware_weight, select_by_error, select_temporal, temporal_weight
-from vedit.ops.patchmatch import Guide, guided_synthesis
+from vedit.ops.patchmatch import Guide, RowWindow, guided_synthesis
 from vedit.ops.warp import backward_warp, pixel_grid
 
 DEFAULT_WEIGHTS = {"color": 6.0, "edge": 0.5, "temporal": 0.5, "pos": 2.0}
@@ -102,7 +102,8 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
                         feature_dims: int | None = 32, style_weight: float = 0.0, search_vote_iters: int = 1,
                         weighted_vote: bool = False, selective_vote: bool = False, selection: str = "temporal",
                         blend: str = "meanstd", poisson: bool = False, blend_temperature: float | None = None,
-                        device: torch.device | str | None = None, seed: int = 0) -> torch.Tensor:
+                        chain_batch: int | None = None, device: torch.device | str | None = None,
+                        seed: int = 0) -> torch.Tensor:
     """Fill the non-key frames of a video from its stylised key frames -> (T, 3, H, W) in [0, 1].
 
     source (T, 3, H, W) input frames in [0, 1]; key_outputs (K, 3, H, W) the stylised frames at
@@ -114,11 +115,15 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     alternations per level; `weighted_vote`, `selective_vote` other votes than the plain mean.
     Blending (`vedit.ops.blend`): `selection` "temporal" (released code) or "error" (lower error);
     `blend` one of BLEND_MODES; `poisson`; `blend_temperature` (None: purely temporal weights).
-    Runs on `device` (default: the source's), float16 patch features on CUDA.
+    `chain_batch`: at most this many chains per synthesis call (None: all), which bounds the working
+    memory of a long video's many chains; the frames are the same (random draws are made as for all
+    chains at once). Runs on `device` (default: the source's), float16 patch features on CUDA.
     """
     _check(source, key_indices, key_outputs,
            {"flow_fwd": flow_fwd, "flow_bwd": flow_bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}, patch_size, blend,
            selection)
+    if chain_batch is not None and chain_batch < 1:
+        raise EditorError(f"propagate_keyframes: chain_batch={chain_batch} must be >= 1 (or None: all chains at once)")
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     device = torch.device(device) if device is not None else source.device
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -138,29 +143,35 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     previous = {id(c): keys[c.slot] for c in chains}
     for step in range(max((len(c.targets) for c in chains), default=0)):
         active = [c for c in chains if step < len(c.targets)]
-        target_idx = [c.targets[step] for c in active]
-        # Flow that samples the previous frame of the chain at this frame's pixels, and its occlusion.
-        flow = torch.stack([flow_bwd[i - 1] if c.direction > 0 else flow_fwd[i] for c, i in zip(active, target_idx)])
-        occ = torch.stack([occ_bwd[i - 1] if c.direction > 0 else occ_fwd[i] for c, i in zip(active, target_idx)])
-        pos = backward_warp(torch.stack([coords[id(c)] for c in active]), flow)
-        temporal = backward_warp(torch.stack([previous[id(c)] for c in active]), flow)
-        slots = [c.slot for c in active]
-        key_frames = frames[[key_indices[s] for s in slots]]
-        guides = [
-            Guide(key_frames, frames[target_idx], weights["color"]),
-            Guide(edges[[key_indices[s] for s in slots]], edges[target_idx], weights["edge"]),
-            Guide(ramp_px.expand(len(active), -1, -1, -1) / norm, pos / norm, weights["pos"]),
-            Guide(keys[slots], temporal, weights["temporal"], masked=True),
-        ]
-        init = torch.stack([pos[:, 0].round().clamp(0, w - 1), pos[:, 1].round().clamp(0, h - 1)], 1).long()
-        out, err, _ = guided_synthesis([g for g in guides if g.weight], keys[slots], patch_size, pyramid_levels,
-                                       iterations, uniformity, init=init, target_mask=1 - occ, dtype=dtype,
-                                       feature_dims=feature_dims, generator=generator, style_weight=style_weight,
-                                       search_vote_iters=search_vote_iters, weighted_vote=weighted_vote,
-                                       vote_guide=guides[0] if selective_vote else None, coarsest_side=coarsest_side)
-        for k, (c, i) in enumerate(zip(active, target_idx)):
-            results[(i, c.direction)] = (out[k], err[k])
-            coords[id(c)], previous[id(c)] = pos[k], out[k]
+        state = generator.get_state()
+        size = chain_batch or len(active)
+        for start in range(0, len(active), size):
+            generator.set_state(state)
+            group = active[start:start + size]
+            target_idx = [c.targets[step] for c in group]
+            # Flow that samples the previous frame of the chain at this frame's pixels, and its occlusion.
+            flow = torch.stack([flow_bwd[i - 1] if c.direction > 0 else flow_fwd[i] for c, i in zip(group, target_idx)])
+            occ = torch.stack([occ_bwd[i - 1] if c.direction > 0 else occ_fwd[i] for c, i in zip(group, target_idx)])
+            pos = backward_warp(torch.stack([coords[id(c)] for c in group]), flow)
+            temporal = backward_warp(torch.stack([previous[id(c)] for c in group]), flow)
+            slots = [c.slot for c in group]
+            key_frames = frames[[key_indices[s] for s in slots]]
+            guides = [
+                Guide(key_frames, frames[target_idx], weights["color"]),
+                Guide(edges[[key_indices[s] for s in slots]], edges[target_idx], weights["edge"]),
+                Guide(ramp_px.expand(len(group), -1, -1, -1) / norm, pos / norm, weights["pos"]),
+                Guide(keys[slots], temporal, weights["temporal"], masked=True),
+            ]
+            init = torch.stack([pos[:, 0].round().clamp(0, w - 1), pos[:, 1].round().clamp(0, h - 1)], 1).long()
+            out, err, _ = guided_synthesis(
+                [g for g in guides if g.weight], keys[slots], patch_size, pyramid_levels, iterations, uniformity,
+                init=init, target_mask=1 - occ, dtype=dtype, feature_dims=feature_dims, generator=generator,
+                style_weight=style_weight, search_vote_iters=search_vote_iters, weighted_vote=weighted_vote,
+                vote_guide=guides[0] if selective_vote else None, coarsest_side=coarsest_side,
+                window=RowWindow(start, start + len(group), len(active)))
+            for k, (c, i) in enumerate(zip(group, target_idx)):
+                results[(i, c.direction)] = (out[k], err[k])
+                coords[id(c)], previous[id(c)] = pos[k], out[k]
 
     output = frames.clone()
     output[list(key_indices)] = keys
