@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from vedit.data.tgve import CATEGORIES
+from vedit.data.tgve import CATEGORIES, read_suite
 from vedit.leaderboard import load_records
 from vedit.store import read_edited_frames
 from vedit.video import frames_to_uint8
@@ -74,7 +73,7 @@ def write_frames(frames: torch.Tensor, folder: Path, ext: str = "jpg", size: int
 
 def expected_cells(suite: Path) -> dict[tuple[str, str], int]:
     """(video id, category) -> frame count, from the suite file."""
-    videos = yaml.safe_load(suite.read_text())["videos"]
+    videos = read_suite(suite)["videos"]
     return {(f"{e['subset']}/{name}", category): int(e["frames"])
             for name, e in videos.items() for category in e["edit_prompts"]}
 

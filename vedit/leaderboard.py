@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from vedit.store import read_metric_entries, read_metric_sets, read_record
+from vedit.store import read_metric_entries, read_metric_sets, read_record, split_tiny
 
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); 1.96 beyond
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -120,7 +120,7 @@ def _benchmarks(records: list[dict]) -> list[str]:
 
 
 def _models_label(models: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(models.items()) if not str(k).endswith("_tiny")) or "-"
+    return ", ".join(f"{k} {v}" for k, v in sorted(split_tiny(models)[0].items())) or "-"
 
 
 def _metric_rows(r: dict) -> list[tuple[dict, dict, bool]]:

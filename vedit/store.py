@@ -64,6 +64,12 @@ def write_metric_set(cell_dir: Path, keys: list[str], models: dict[str, Any]) ->
             {"metric_keys": sorted(keys), "models": models, "computed_at": time.time()}, sort_keys=True, default=str))
 
 
+def split_tiny(models: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A metric entry's models without their `*_tiny` flags, and whether any of those flags is set."""
+    return ({k: v for k, v in models.items() if not str(k).endswith("_tiny")},
+            any(v for k, v in models.items() if str(k).endswith("_tiny")))
+
+
 def read_metric_sets(cell_dir: Path, entries: list[dict] | None = None) -> list[dict]:
     """The metric configurations a cell was scored under, each with its entries' merged values
     (`entries`: the cell's metric entries when the caller has read them already)."""
@@ -75,7 +81,7 @@ def read_metric_sets(cell_dir: Path, entries: list[dict] | None = None) -> list[
             continue
         found = [entries[k] for k in s.get("metric_keys", []) if k in entries]
         out.append({"models": s.get("models") or {}, "computed_at": s.get("computed_at", 0),
-                    "tiny": any(v for e in found for k, v in (e.get("models") or {}).items() if k.endswith("_tiny")),
+                    "tiny": any(split_tiny(e.get("models") or {})[1] for e in found),
                     "values": {k: v for e in found for k, v in e.get("values", {}).items()}})
     return sorted(out, key=lambda s: s["computed_at"])
 

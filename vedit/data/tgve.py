@@ -47,7 +47,7 @@ class TGVEDataset(Dataset):
             self.prompts = {}
             self.ids = self._scan()
         else:
-            suite = _read_suite(Path(prompts))
+            suite = read_suite(Path(prompts))
             self.prompts = load_prompts(suite)
             self.ids = []
             for name, entry in suite["videos"].items():
@@ -99,7 +99,7 @@ class TGVEDataset(Dataset):
         return {**super().describe(), "root": self.root.name}  # subsets/videos filters keep the cells' keys
 
 
-def _read_suite(file: Path) -> dict:
+def read_suite(file: Path) -> dict:
     if not file.exists():
         raise VideoError(f"tgve prompts file {file} does not exist; use benchmarks/suites/loveu-tgve-2023.yaml "
                          "(relative to the repository root) or leave prompts unset")

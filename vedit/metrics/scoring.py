@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from vedit.metrics.base import Metric, to_float
-from vedit.store import ResultStore, metric_key, read_record, write_metric_entry, write_metric_set
+from vedit.store import ResultStore, metric_key, read_record, split_tiny, write_metric_entry, write_metric_set
 from vedit.task import EditTask
 
 log = logging.getLogger("vedit.metrics")
@@ -47,9 +47,9 @@ def with_metrics(record: dict, entries: list[dict]) -> dict:
         out["metrics"].update(e["values"])
         out["metric_info"][e["metric"]] = {"higher_is_better": e["higher_is_better"], "convention": e["convention"],
                                            "config": e["config"], "metric_key": e["metric_key"]}
-        models = e.get("models") or {}
-        out["metric_models"].update({k: v for k, v in models.items() if not k.endswith("_tiny")})
-        out["metric_tiny"] |= any(v for k, v in models.items() if k.endswith("_tiny"))
+        named, tiny = split_tiny(e.get("models") or {})
+        out["metric_models"].update(named)
+        out["metric_tiny"] |= tiny
     return out
 
 
