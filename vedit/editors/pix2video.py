@@ -266,13 +266,14 @@ class Pix2VideoEditor(Editor):
         with sdpa_kernels(self.attention_kernels):
             bb.decode_latents(bb.encode_images(torch.full((min(n, self.vae_batch), 3, *size), 0.5)))
             embeds = bb.encode_prompt([""])
-            zeros = torch.zeros(n, 4, h, w, device=self.device, dtype=self._latent_dtype)
+            first = next(self._calls(n))
+            zeros = torch.zeros(max(f for f, _ in first) + 1, 4, h, w, device=self.device, dtype=self._latent_dtype)
             rows = self._padded(min(n, self.inversion_batch_size))
             self._eps(zeros[:1].expand(rows, -1, -1, -1), zeros[:1, :1].expand(rows, -1, -1, -1),
                       torch.full((rows,), 500, device=self.device), embeds.expand(rows, -1, -1))
-            run = self._prepare_run(zeros, zeros[:, :1], embeds, embeds)
+            run = self._prepare_run(zeros, zeros[:, :1], embeds, embeds)  # the first call's frames only
             with self._injection(run):
-                self._denoise(run, next(self._calls(n)))
+                self._denoise(run, first)
 
     def num_unet_calls(self, num_frames: int) -> int:
         return sum(1 for _ in self._calls(num_frames))
