@@ -9,6 +9,7 @@ import yaml
 
 from vedit.backbones import build_backbone
 from vedit.errors import EditorError
+from vedit.editors.base import round_up
 from vedit.editors.pix2video import Pix2VideoEditor
 from vedit.ops.attention import InjectedKVAttnProcessor, attention_processors, self_attention_layers
 from vedit.ops.ddim import DDIM, classifier_free_guidance
@@ -298,5 +299,5 @@ def test_warmup_calls_the_unet_at_the_shapes_the_edit_uses_and_changes_no_frame(
     warm = {k: set(v) for k, v in calls.items()}
     calls = {"unet": [], "injected": []}
     torch.testing.assert_close(ed.edit(task).frames, before, rtol=0, atol=0)
-    sampling_rows = {2 * ed._padded(len(c)) for c in ed._calls(frames)}
+    sampling_rows = {2 * round_up(len(c), ed.batch_multiple) for c in ed._calls(frames)}
     assert len(sampling_rows) == 1 and set(calls["unet"]) <= warm["unet"] and sampling_rows <= warm["injected"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vedit.data.synthetic import stylised_clip
 from vedit.errors import EditorError
-from vedit.ops.propagation import _chains, propagate_keyframes
+from vedit.ops.propagation import key_chains, propagate_keyframes
 from vedit.ops.warp import backward_warp, occlusion_masks
 from vedit.video import frames_to_uint8
 
@@ -43,7 +43,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_chains_cover_every_non_key_frame_from_both_sides() -> None:
-    chains = _chains([2, 6], 9)
+    chains = key_chains([2, 6], 9)
     seen = {(c.key, c.direction): c.targets for c in chains}
     assert seen == {(2, 1): [3, 4, 5], (2, -1): [1, 0], (6, 1): [7, 8], (6, -1): [5, 4, 3]}
 

@@ -449,7 +449,8 @@ def test_warmup_runs_the_models_and_a_propagation_at_the_video_size_and_changes_
     torch.testing.assert_close(run(bb, task, key_interval=2), before, rtol=0, atol=0)
 
 
-def test_propagation_out_of_memory_names_the_video_and_propagation_batch(monkeypatch):
+@pytest.mark.parametrize("frames,chains", [(5, 4), (4, 2)])  # keys 0, 2, 4: 4 chains; keys 0, 2, 3: 2 (none 2 -> 3)
+def test_propagation_out_of_memory_names_the_video_and_propagation_batch(monkeypatch, frames, chains):
     """A GPU out-of-memory error in propagation (injected: a CPU cannot run out of GPU memory) becomes an
     EditorError that names the video, the chains per call and the setting that lowers them."""
     import vedit.editors.rerender as rerender_module
@@ -459,6 +460,6 @@ def test_propagation_out_of_memory_names_the_video_and_propagation_batch(monkeyp
 
     monkeypatch.setattr(rerender_module, "propagate_keyframes", out_of_memory)
     bb = build_backbone("tiny", "sd15-controlnet", dtype="float64")
-    task = make_task(num_frames=5)
-    with pytest.raises(EditorError, match=rf"{task.video.id!r}.* with 4 chains .*propagation_batch"):
+    task = make_task(num_frames=frames)
+    with pytest.raises(EditorError, match=rf"{task.video.id!r}.* with {chains} chains .*propagation_batch"):
         run(bb, task, key_interval=2)

@@ -161,6 +161,5 @@ def test_warmup_runs_once_per_process_before_the_first_cell_and_changes_no_frame
 
 
 def test_bad_warmup_setting_is_named_before_any_model_is_built(tmp_path):
-
     with pytest.raises(SetupError, match="warmup='sometimes'"):
         run(cfg_for(tmp_path, "method=pix2video", "warmup=sometimes"))

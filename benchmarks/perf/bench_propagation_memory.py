@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def measure(device: str, size: int, frames: int, key_interval: int, chain_batch: int | None) -> dict:
-    from vedit.ops.propagation import _chains, propagate_keyframes
+    from vedit.ops.propagation import key_chains, propagate_keyframes
     from vedit.ops.warp import occlusion_masks
     from vedit.editors.rerender import key_frame_indices
 
@@ -45,7 +45,7 @@ def measure(device: str, size: int, frames: int, key_interval: int, chain_batch:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"frames": frames, "size": size, "chains": len(_chains(keys, frames)), "chain_batch": chain_batch,
+    return {"frames": frames, "size": size, "chains": len(key_chains(keys, frames)), "chain_batch": chain_batch,
             "seconds": seconds, "peak_gpu_gb": peak and peak / 2 ** 30}
 
 

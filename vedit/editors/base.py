@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from vedit.estimators import Estimators
 
 
+def round_up(n: int, multiple: int | None) -> int:
+    """n rounded up to a multiple of `multiple` (None: n): the rows of a batch padded to a few shapes."""
+    return n + (-n % multiple if multiple else 0)
+
+
 class PhaseTimer:
     """Wall-clock seconds per phase; synchronises the device so GPU work is counted."""
 

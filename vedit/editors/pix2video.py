@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from vedit.editors import params as P
-from vedit.editors.base import Editor, EditorError, PhaseTimer
+from vedit.editors.base import Editor, EditorError, PhaseTimer, round_up
 from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
@@ -239,7 +239,7 @@ class Pix2VideoEditor(Editor):
         out = []
         for x0, d in zip(latents.split(self.inversion_batch_size), depth.split(self.inversion_batch_size)):
             n = x0.shape[0]
-            x0, d = (torch.cat([v, v[-1:].expand(self._padded(n) - n, *v.shape[1:])]) for v in (x0, d))
+            x0, d = (torch.cat([v, v[-1:].expand(round_up(n, self.batch_multiple) - n, *v.shape[1:])]) for v in (x0, d))
             emb = source_embeds.expand(x0.shape[0], -1, -1)
             out.append(ddim.invert(x0, lambda x, t, i: self._eps(x, d, t, emb))[0][:n])
         return torch.cat(out)
@@ -268,7 +268,7 @@ class Pix2VideoEditor(Editor):
             embeds = bb.encode_prompt([""])
             first = next(self._calls(n))
             zeros = torch.zeros(max(f for f, _ in first) + 1, 4, h, w, device=self.device, dtype=self._latent_dtype)
-            rows = self._padded(min(n, self.inversion_batch_size))
+            rows = round_up(min(n, self.inversion_batch_size), self.batch_multiple)
             self._eps(zeros[:1].expand(rows, -1, -1, -1), zeros[:1, :1].expand(rows, -1, -1, -1),
                       torch.full((rows,), 500, device=self.device), embeds.expand(rows, -1, -1))
             run = self._prepare_run(zeros, zeros[:, :1], embeds, embeds)  # the first call's frames only
@@ -336,7 +336,7 @@ class Pix2VideoEditor(Editor):
         The copies compute the same rows again and are dropped.
         """
         n = len(items)
-        padded = items + [items[-1]] * (self._padded(n) - n)
+        padded = items + [items[-1]] * (round_up(n, self.batch_multiple) - n)
         frame_idx, step_idx = _to_device(torch.tensor(padded, dtype=torch.long).T.contiguous(), self.device)
         branches = run.embeds.shape[0]
         x_all = run.x[frame_idx]
@@ -356,10 +356,6 @@ class Pix2VideoEditor(Editor):
             x_prev = x_prev - coef.view(-1, 1, 1, 1) * (x0 - run.bank.previous_x0(x0))
         run.bank.finish(x0)
         run.x[frame_idx] = x_prev
-
-    def _padded(self, n: int) -> int:
-        """Rows of a call of n items: n rounded up to a multiple of `batch_multiple`."""
-        return n + (-n % self.batch_multiple if self.batch_multiple else 0)
 
     def _eps(self, x: torch.Tensor, depth: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         unet = self.backbone.unet

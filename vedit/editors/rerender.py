@@ -64,11 +64,11 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from vedit.editors import params as P
-from vedit.editors.base import Editor, EditorError, PhaseTimer
+from vedit.editors.base import Editor, EditorError, PhaseTimer, round_up
 from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors,
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
-from vedit.ops.propagation import propagate_keyframes
+from vedit.ops.propagation import key_chains, propagate_keyframes
 from vedit.ops.vae import backbone_fidelity_encode
 from vedit.ops.warp import backward_warp, chain_to_first, pixel_grid, resize_flow
 from vedit.registry import EDITORS
@@ -576,9 +576,9 @@ class RerenderEditor(Editor):
         try:
             return propagate_keyframes(frames.to(dev), keys, outputs.to(dev).float(), **side, **params).cpu()
         except torch.OutOfMemoryError as e:
-            chains = 2 * (len(keys) - 1)
+            chains = self.propagation_batch or len(key_chains(keys, frames.shape[0]))
             raise EditorError(f"rerender: propagating {frames.shape[0]} frames of video {task.video.id!r} ran out of "
-                              f"GPU memory with {self.propagation_batch or chains} chains per synthesis call; set "
+                              f"GPU memory with {chains} chains per synthesis call; set "
                               "method.params.propagation_batch to fewer (e.g. 4): the same frames, less memory") from e
 
 
@@ -722,7 +722,7 @@ class _Sampler:
                 rows.append((n, i, is_final_pass(n, fused, i, fused_begin) and (n == 0 or n < last)))
             # Padded with copies of the last pass to a multiple of `batch_multiple` passes (dropped after
             # the call): a few batch shapes instead of one per call size, each costing kernel set-up.
-            pad = -len(call) % self.ed.batch_multiple if self.ed.batch_multiple else 0
+            pad = round_up(len(call), self.ed.batch_multiple) - len(call)
             self.wave_attention.begin_call(rows + [rows[-1][:2] + (False,)] * pad)
             eps_all = self.eps_batch(batch + [batch[-1]] * pad, [i for _, _, i in call] + [call[-1][2]] * pad)
             for lane, (n, fused, i), eps in zip(batch, call, eps_all):

@@ -58,7 +58,8 @@ class _Chain:
     targets: list[int]
 
 
-def _chains(key_indices: list[int], num_frames: int) -> list[_Chain]:
+def key_chains(key_indices: list[int], num_frames: int) -> list[_Chain]:
+    """The chains of a propagation: forward and backward from each key frame, up to its neighbours."""
     chains = []
     for slot, key in enumerate(key_indices):
         nxt = key_indices[slot + 1] if slot + 1 < len(key_indices) else num_frames
@@ -137,7 +138,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     flow_fwd, flow_bwd = flow_fwd.to(device, torch.float32), flow_bwd.to(device, torch.float32)
     occ_fwd, occ_bwd = occ_fwd.to(device, torch.float32), occ_bwd.to(device, torch.float32)
 
-    chains = _chains(list(key_indices), t)
+    chains = key_chains(list(key_indices), t)
     results: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (frame, direction) -> (image, error)
     coords = {id(c): ramp_px[0] for c in chains}
     previous = {id(c): keys[c.slot] for c in chains}
