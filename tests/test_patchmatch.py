@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vedit.ops.blend import (_gradients, blend_pair, error_aware_weight, histogram_blend, histogram_match, lab_to_rgb,
                              meanstd_blend, poisson_blend, rgb_to_lab, select_temporal, temporal_weight)
-from vedit.ops.patchmatch import (Guide, auto_levels, guided_synthesis, identity_nnf, occupancy, patch_errors,
+from vedit.ops.patchmatch import (Guide, PatchMatch, auto_levels, guided_synthesis, identity_nnf, occupancy, patch_errors,
                                   project_features, selective_vote, unfold_patches, upsample_nnf, vote, vote_candidates)
 
 
@@ -58,6 +58,16 @@ def test_patch_errors_units_and_projection() -> None:
     full, projected = patch_errors(a, b, idx), patch_errors(pa, pb, idx)
     assert (projected <= full * (1 + 1e-4) + 1e-3).all() and projected.mean() > 0.5 * full.mean()
     assert patch_errors(pa, pa, torch.arange(1024)[None]).abs().max() < 1e-2
+
+
+def test_patchmatch_clamps_x_to_the_source_width_and_y_to_its_height_and_scores_like_patch_errors() -> None:
+    target, source = unfold_patches(torch.rand(2, 3, 4, 6), 3), unfold_patches(torch.rand(2, 3, 5, 9), 3)
+    matcher = PatchMatch(target, source, (4, 6), (5, 9), 3)
+    nnf = torch.randint(-4, 14, (2, 2, 4, 6))
+    clamped = matcher.clamp(nnf)
+    assert torch.equal(clamped[:, 0], nnf[:, 0].clamp(0, 8)) and torch.equal(clamped[:, 1], nnf[:, 1].clamp(0, 4))
+    index = (clamped[:, 1] * 9 + clamped[:, 0]).flatten(1)
+    assert torch.equal(matcher.data_error(clamped), patch_errors(target, source, index).view(2, 4, 6))
 
 
 def test_vote_with_identity_nnf_returns_image() -> None:

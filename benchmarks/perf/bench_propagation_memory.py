@@ -25,18 +25,26 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[2]
 
 
-def measure(device: str, size: int, frames: int, key_interval: int, chain_batch: int | None) -> dict:
-    from vedit.ops.propagation import key_chains, propagate_keyframes
-    from vedit.ops.warp import occlusion_masks
+def still_clip(device: str, size: int, frames: int, key_interval: int) -> list:
+    """`propagate_keyframes`' positional arguments for a smooth random video with still flows, its key frames
+    every `key_interval` frames (and the last) stylised as the inverted frames."""
     from vedit.editors.rerender import key_frame_indices
+    from vedit.ops.warp import occlusion_masks
 
     g = torch.Generator().manual_seed(0)
     video = F.interpolate(torch.rand(frames, 3, 16, 16, generator=g), size=(size, size), mode="bicubic").clamp(0, 1)
     still = torch.zeros(frames - 1, 2, size, size)
     occ_fwd, occ_bwd = occlusion_masks(still, still)
     keys = key_frame_indices(frames, key_interval)
-    args = [video.to(device), keys, (1 - video[keys]).to(device), still.to(device), still.to(device),
+    return [video.to(device), keys, (1 - video[keys]).to(device), still.to(device), still.to(device),
             occ_fwd.to(device), occ_bwd.to(device)]
+
+
+def measure(device: str, size: int, frames: int, key_interval: int, chain_batch: int | None) -> dict:
+    from vedit.ops.propagation import key_chains, propagate_keyframes
+
+    args = still_clip(device, size, frames, key_interval)
+    keys = args[1]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

@@ -68,10 +68,13 @@ def pca_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
     step = max(1, features.shape[1] // 8192)
     sample = features[:, ::step].double()
     sample = sample - sample.mean(1, keepdim=True)
-    # The F x F eigenproblem is tiny: solve it on the CPU (float64), where it takes a millisecond;
+    # The F x F eigenproblem is tiny: solve it on the CPU (float64), where it takes 1-2 ms per matrix;
     # GPU eigensolvers spend tens of kernel launches and a sync on it, per call.
     _, vectors = torch.linalg.eigh((sample.transpose(1, 2) @ sample).cpu())
-    return vectors[..., -dims:].to(features.device, features.dtype)
+    axes = vectors[..., -dims:].to(features.dtype)
+    if features.is_cuda:  # copied from pinned memory, the transfer does not wait for the GPU's queue
+        axes = axes.pin_memory()
+    return axes.to(features.device, non_blocking=True)
 
 
 def clamp_nnf(nnf: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
@@ -94,7 +97,12 @@ def patch_errors(target: torch.Tensor, source: torch.Tensor, index: torch.Tensor
     unreliable, e.g. the temporal guide where the flow is occluded).
     """
     batch = torch.arange(source.shape[0], device=source.device)[:, None]
-    diff = target - source[batch, index]
+    return _squared_errors(target, source[batch, index], split, split_weight)
+
+
+def _squared_errors(target: torch.Tensor, picked: torch.Tensor, split: int | None,
+                    split_weight: torch.Tensor | None) -> torch.Tensor:
+    diff = target - picked
     sq = diff * diff
     if split is None:
         err = sq.sum(-1, dtype=torch.float32)
@@ -148,20 +156,28 @@ class PatchMatch:
         self.split, self.split_weight = split, split_weight
         self.generator, self.window = generator, window
         self.omega_best = patch_size ** 2 * target_size[0] * target_size[1] / (source_size[0] * source_size[1])
+        # Made once per level: this loop is bound by kernel launches, so every op per candidate counts.
+        self.batch = torch.arange(source.shape[0], device=source.device)[:, None]
+        # Built on the device (fills, not copies: a copy from pageable host memory can wait for the stream).
+        self.low = torch.zeros(1, 2, 1, 1, dtype=torch.long, device=source.device)
+        self.high = torch.stack([torch.full_like(self.low[:, 0], source_size[1] - 1),
+                                 torch.full_like(self.low[:, 0], source_size[0] - 1)], 1)
 
     def clamp(self, nnf: torch.Tensor) -> torch.Tensor:
-        return clamp_nnf(nnf, self.source_size)
+        return torch.clamp(nnf, self.low, self.high)
 
-    def data_error(self, nnf: torch.Tensor) -> torch.Tensor:
-        err = patch_errors(self.target, self.source, _flat_index(nnf, self.source_size[1]),
-                           self.split, self.split_weight)
+    def data_error(self, nnf: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        index = _flat_index(nnf, self.source_size[1]) if index is None else index
+        err = _squared_errors(self.target, self.source[self.batch, index], self.split, self.split_weight)
         return err.view(nnf.shape[0], *self.target_size)
 
-    def uniformity_cost(self, nnf: torch.Tensor, omega: torch.Tensor | None, extra: float) -> torch.Tensor:
+    def uniformity_cost(self, nnf: torch.Tensor, omega: torch.Tensor | None, extra: float,
+                        index: torch.Tensor | None = None) -> torch.Tensor:
         """uniformity * (omega(q) + extra) / omega_best per pixel (0 without uniformity)."""
         if omega is None:
             return torch.zeros(nnf.shape[0], *self.target_size, device=nnf.device)
-        used = omega.flatten(1).gather(1, _flat_index(nnf, self.source_size[1])).view_as(nnf[:, 0])
+        index = _flat_index(nnf, self.source_size[1]) if index is None else index
+        used = omega.flatten(1).gather(1, index).view_as(nnf[:, 0])
         return self.uniformity * (used + extra) / self.omega_best
 
     def improve(self, state: tuple[torch.Tensor, ...], candidate: torch.Tensor,
@@ -169,9 +185,10 @@ class PatchMatch:
         """Keep `candidate` (B, 2, H, W) where its error beats the current; state = (nnf, data error, uniformity cost)."""
         nnf, err, unif = state
         candidate = self.clamp(candidate)
-        cand_err = self.data_error(candidate)
+        index = _flat_index(candidate, self.source_size[1])
+        cand_err = self.data_error(candidate, index)
         # A candidate adds this pixel's own use (1 per patch pixel, mean 1) to its occupancy.
-        cand_unif = self.uniformity_cost(candidate, omega, 1.0)
+        cand_unif = self.uniformity_cost(candidate, omega, 1.0, index)
         better = cand_err + cand_unif < err + unif
         return (torch.where(better[:, None], candidate, nnf), torch.where(better, cand_err, err),
                 torch.where(better, cand_unif, unif))
@@ -186,16 +203,18 @@ class PatchMatch:
         state = (nnf, self.data_error(nnf), self.uniformity_cost(nnf, None, 0.0))
         for candidate in extra_candidates:
             state = self.improve(state, candidate, None)
+        # Unit offsets (x, y) of the four neighbours: +x, -x, +y, -y.
+        eye = torch.eye(2, dtype=nnf.dtype, device=nnf.device)
+        units = torch.stack([eye[0], -eye[0], eye[1], -eye[1]]).view(4, 1, 2, 1, 1)
         for it in range(iterations):
             omega = occupancy(state[0], self.source_size, self.patch_size) if self.uniformity else None
             state = (state[0], state[1], self.uniformity_cost(state[0], omega, 0.0))
             step = max(1, min(2 ** (iterations - 1 - it), max(self.target_size) // 2))
-            for axis, sign in ((0, 1), (0, -1), (1, 1), (1, -1)):
-                offset = torch.zeros(1, 2, 1, 1, dtype=nnf.dtype, device=nnf.device)
-                offset[0, axis] = sign * step
+            offsets = units * step
+            for k, (axis, sign) in enumerate(((0, 1), (0, -1), (1, 1), (1, -1))):
                 # The neighbour at p + offset matched q; p proposes q - offset.
                 neighbour = torch.roll(state[0], shifts=-sign * step, dims=-1 if axis == 0 else -2)
-                state = self.improve(state, neighbour - offset, omega)
+                state = self.improve(state, neighbour - offsets[k], omega)
             radius = search_radius
             while radius >= 1:
                 state = self.improve(state, state[0] + self.random_offsets(state[0], radius), omega)

@@ -156,16 +156,16 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
             pos = backward_warp(torch.stack([coords[id(c)] for c in group]), flow)
             temporal = backward_warp(torch.stack([previous[id(c)] for c in group]), flow)
             slots = [c.slot for c in group]
-            key_frames = frames[[key_indices[s] for s in slots]]
+            key_idx, styles = [key_indices[s] for s in slots], _rows(keys, slots)
             guides = [
-                Guide(key_frames, frames[target_idx], weights["color"]),
-                Guide(edges[[key_indices[s] for s in slots]], edges[target_idx], weights["edge"]),
+                Guide(_rows(frames, key_idx), _rows(frames, target_idx), weights["color"]),
+                Guide(_rows(edges, key_idx), _rows(edges, target_idx), weights["edge"]),
                 Guide(ramp_px.expand(len(group), -1, -1, -1) / norm, pos / norm, weights["pos"]),
-                Guide(keys[slots], temporal, weights["temporal"], masked=True),
+                Guide(styles, temporal, weights["temporal"], masked=True),
             ]
             init = torch.stack([pos[:, 0].round().clamp(0, w - 1), pos[:, 1].round().clamp(0, h - 1)], 1).long()
             out, err, _ = guided_synthesis(
-                [g for g in guides if g.weight], keys[slots], patch_size, pyramid_levels, iterations, uniformity,
+                [g for g in guides if g.weight], styles, patch_size, pyramid_levels, iterations, uniformity,
                 init=init, target_mask=1 - occ, dtype=dtype, feature_dims=feature_dims, generator=generator,
                 style_weight=style_weight, search_vote_iters=search_vote_iters, weighted_vote=weighted_vote,
                 vote_guide=guides[0] if selective_vote else None, coarsest_side=coarsest_side,
@@ -185,6 +185,11 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
             output[between] = _blend_between(prev, nxt, results, flow_bwd, selection, blend, poisson,
                                              blend_temperature)
     return output.clamp(0, 1).to(source.device)
+
+
+def _rows(x: torch.Tensor, index: list[int]) -> torch.Tensor:
+    """x[index] for a list of ints, without copying the list to the device (which can wait for its stream)."""
+    return torch.stack([x[i] for i in index])
 
 
 def _blend_between(prev: int, nxt: int, results: dict, flow_bwd: torch.Tensor, selection: str, blend: str,
