@@ -85,7 +85,7 @@ def clamp_nnf(nnf: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
 
 def _flat_index(nnf: torch.Tensor, width: int) -> torch.Tensor:
     """(B, 2, H, W) integer coordinates -> (B, H*W) flat source indices."""
-    return (nnf[:, 1] * width + nnf[:, 0]).flatten(1)
+    return torch.add(nnf[:, 0], nnf[:, 1], alpha=width).flatten(1)  # one kernel: x + width * y
 
 
 def patch_errors(target: torch.Tensor, source: torch.Tensor, index: torch.Tensor,
@@ -171,27 +171,23 @@ class PatchMatch:
         err = _squared_errors(self.target, self.source[self.batch, index], self.split, self.split_weight)
         return err.view(nnf.shape[0], *self.target_size)
 
-    def uniformity_cost(self, nnf: torch.Tensor, omega: torch.Tensor | None, extra: float,
-                        index: torch.Tensor | None = None) -> torch.Tensor:
-        """uniformity * (omega(q) + extra) / omega_best per pixel (0 without uniformity)."""
-        if omega is None:
-            return torch.zeros(nnf.shape[0], *self.target_size, device=nnf.device)
-        index = _flat_index(nnf, self.source_size[1]) if index is None else index
-        used = omega.flatten(1).gather(1, index).view_as(nnf[:, 0])
-        return self.uniformity * (used + extra) / self.omega_best
+    def cost_map(self, omega: torch.Tensor, extra: float) -> torch.Tensor:
+        """uniformity * (omega(q) + extra) / omega_best for every source pixel q: (B, Hs * Ws), looked up per
+        candidate (the same arithmetic as per candidate, done once per iteration)."""
+        return self.uniformity * (omega.flatten(1) + extra) / self.omega_best
 
     def improve(self, state: tuple[torch.Tensor, ...], candidate: torch.Tensor,
-                omega: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Keep `candidate` (B, 2, H, W) where its error beats the current; state = (nnf, data error, uniformity cost)."""
-        nnf, err, unif = state
+                cost: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Keep `candidate` (B, 2, H, W) where its cost beats the current; state = (nnf, data error, data error +
+        uniformity cost); `cost` a `cost_map` (None: no uniformity term)."""
+        nnf, err, total = state
         candidate = self.clamp(candidate)
         index = _flat_index(candidate, self.source_size[1])
         cand_err = self.data_error(candidate, index)
-        # A candidate adds this pixel's own use (1 per patch pixel, mean 1) to its occupancy.
-        cand_unif = self.uniformity_cost(candidate, omega, 1.0, index)
-        better = cand_err + cand_unif < err + unif
+        cand_total = cand_err if cost is None else cand_err + cost.gather(1, index).view_as(cand_err)
+        better = cand_total < total
         return (torch.where(better[:, None], candidate, nnf), torch.where(better, cand_err, err),
-                torch.where(better, cand_unif, unif))
+                torch.where(better, cand_total, total))
 
     def random_offsets(self, like: torch.Tensor, radius: int) -> torch.Tensor:
         return randint(-radius, radius + 1, tuple(like.shape), like.device, self.generator, self.window)
@@ -200,24 +196,30 @@ class PatchMatch:
             extra_candidates: list[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Iterate propagation + random search from `nnf`; return (nnf, data error per pixel)."""
         nnf = self.clamp(nnf)
-        state = (nnf, self.data_error(nnf), self.uniformity_cost(nnf, None, 0.0))
+        err = self.data_error(nnf)
+        state = (nnf, err, err)
         for candidate in extra_candidates:
             state = self.improve(state, candidate, None)
         # Unit offsets (x, y) of the four neighbours: +x, -x, +y, -y.
         eye = torch.eye(2, dtype=nnf.dtype, device=nnf.device)
         units = torch.stack([eye[0], -eye[0], eye[1], -eye[1]]).view(4, 1, 2, 1, 1)
         for it in range(iterations):
-            omega = occupancy(state[0], self.source_size, self.patch_size) if self.uniformity else None
-            state = (state[0], state[1], self.uniformity_cost(state[0], omega, 0.0))
+            cost = None
+            if self.uniformity:
+                omega = occupancy(state[0], self.source_size, self.patch_size)
+                here = self.cost_map(omega, 0.0).gather(1, _flat_index(state[0], self.source_size[1]))
+                state = (state[0], state[1], state[1] + here.view_as(state[1]))
+                # A candidate adds this pixel's own use (1 per patch pixel, mean 1) to its occupancy.
+                cost = self.cost_map(omega, 1.0)
             step = max(1, min(2 ** (iterations - 1 - it), max(self.target_size) // 2))
             offsets = units * step
             for k, (axis, sign) in enumerate(((0, 1), (0, -1), (1, 1), (1, -1))):
                 # The neighbour at p + offset matched q; p proposes q - offset.
                 neighbour = torch.roll(state[0], shifts=-sign * step, dims=-1 if axis == 0 else -2)
-                state = self.improve(state, neighbour - offsets[k], omega)
+                state = self.improve(state, neighbour - offsets[k], cost)
             radius = search_radius
             while radius >= 1:
-                state = self.improve(state, state[0] + self.random_offsets(state[0], radius), omega)
+                state = self.improve(state, state[0] + self.random_offsets(state[0], radius), cost)
                 radius //= 2
         return state[0], state[1]
 
