@@ -63,9 +63,9 @@ def main() -> None:
         launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
         syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
                                                          "cudaMemcpyAsync"))
-        steps = max(len(c.targets) for c in key_chains(keys, frames))
-        result = {"frames": frames, "size": args.size, "keys": keys, "chains": len(key_chains(keys, frames)),
-                  "steps": steps, "chain_batch": args.chain_batch or None, "first_run_s": first,
+        chains = key_chains(keys, frames)
+        result = {"frames": frames, "size": args.size, "keys": keys, "chains": len(chains),
+                  "steps": max(len(c.targets) for c in chains), "chain_batch": args.chain_batch or None, "first_run_s": first,
                   "warm_s": min(seconds), "warm_s_per_propagated_frame": min(seconds) / (frames - len(keys)),
                   "kernel_s": kernel_seconds, "kernel_launches": launches, "memcpy_or_sync_calls": syncs}
         results.append(result)
