@@ -109,4 +109,3 @@ def sdpa_kernels(names: Sequence[str] | None) -> Iterator[None]:
 
     with sdpa_kernel([getattr(SDPBackend, SDPA_KERNELS[n]) for n in names]):
         yield
-
