@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from vedit.ops.blend import (_gradients, blend_pair, error_aware_weight, histogram_blend, histogram_match, lab_to_rgb,
                              meanstd_blend, poisson_blend, rgb_to_lab, select_temporal, temporal_weight)
-from vedit.ops.patchmatch import (Guide, PatchMatch, auto_levels, guided_synthesis, identity_nnf, occupancy, patch_errors,
-                                  project_features, selective_vote, unfold_patches, upsample_nnf, vote, vote_candidates)
+from vedit.ops.patchmatch import (GraphedSearch, Guide, PatchMatch, auto_levels, guided_synthesis, identity_nnf,
+                                  occupancy, patch_errors, project_features, selective_vote, unfold_patches, upsample_nnf, vote, vote_candidates)
+from vedit.ops.propagation import propagate_keyframes
 
-
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
 def smooth_texture(size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
     """Random texture with structure at several scales (unique patches, like a natural image)."""
@@ -68,6 +69,52 @@ def test_patchmatch_clamps_x_to_the_source_width_and_y_to_its_height_and_scores_
     assert torch.equal(clamped[:, 0], nnf[:, 0].clamp(0, 8)) and torch.equal(clamped[:, 1], nnf[:, 1].clamp(0, 4))
     index = (clamped[:, 1] * 9 + clamped[:, 0]).flatten(1)
     assert torch.equal(matcher.data_error(clamped), patch_errors(target, source, index).view(2, 4, 6))
+
+
+@needs_cuda
+@pytest.mark.parametrize("options", [{}, dict(style_weight=1.0, search_vote_iters=2, uniformity=0.0)],
+                         ids=["defaults", "style-term"])
+def test_graphed_search_replays_give_the_eager_results_bit_for_bit(options: dict) -> None:
+    """Three calls of the same shapes on different inputs through one GraphedSearch: captures in the first call
+    (at most one per level and pass), replays after. Each call's results equal the eager loop's from the same
+    generator state, and so does the generator's state after it (the graphs advance it as the eager draws do)."""
+    size, levels = 64, 3
+    generators = {"eager": torch.Generator("cuda"), "graphs": torch.Generator("cuda")}
+    search, captured = GraphedSearch(generators["graphs"]), []
+    for seed in range(3):
+        source, target = (smooth_texture(size, seed=2 * seed + k).cuda().expand(2, -1, -1, -1) for k in (0, 1))
+        guides = [Guide(source, target, 6.0), Guide(source[:, :1], target[:, :1], 0.5, masked=True)]
+        mask = (torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(seed)) > 0.2).float().cuda()
+        results, states = [], []
+        for graphs, gen in zip((None, search), generators.values()):
+            gen.manual_seed(seed)
+            results.append(guided_synthesis(guides, source, levels=levels, iterations=3, target_mask=mask,
+                                            generator=gen, dtype=torch.float16, search=graphs, **options))
+            states.append(gen.get_state())
+        for eager, graphed in zip(*results):
+            assert torch.equal(eager, graphed)
+        assert torch.equal(states[0], states[1])
+        captured.append(len(search.captured))
+    assert 0 < captured[0] == captured[-1] <= levels * options.get("search_vote_iters", 1)  # later calls replay
+
+
+@needs_cuda
+@pytest.mark.parametrize("chain_batch", [None, 2])
+def test_propagation_with_cuda_graphs_gives_the_eager_frames(chain_batch: int | None) -> None:
+    """Keys 0, 4, 9 of 12 frames: 5 chains of unequal lengths, so steps of 5, 3 and 2 chains (and windows of
+    2 rows); with `cuda_graphs` the frames are the eager ones bit for bit."""
+    frames, size = 12, 48
+    texture = smooth_texture(size + frames, seed=7)
+    video = torch.cat([texture[..., t:t + size, t:t + size] for t in range(frames)]).cuda()
+    flow = torch.ones(frames - 1, 2, size, size, device="cuda")
+    occ = torch.zeros(frames - 1, 1, size, size, device="cuda")
+    keys = [0, 4, 9]
+    args = (video, keys, 1 - video[keys], -flow, flow, occ, occ)
+    eager = propagate_keyframes(*args, iterations=2, seed=3, chain_batch=chain_batch, cuda_graphs=False)
+    graphed = propagate_keyframes(*args, iterations=2, seed=3, chain_batch=chain_batch, cuda_graphs=True)
+    assert torch.equal(graphed, eager)
+    assert not torch.equal(propagate_keyframes(*args, iterations=2, seed=4, chain_batch=chain_batch, cuda_graphs=True),
+                           eager)
 
 
 def test_vote_with_identity_nnf_returns_image() -> None:

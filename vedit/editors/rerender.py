@@ -80,8 +80,8 @@ ADDED_PROMPT = "best quality, extremely detailed"
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                    "cropped, worst quality, low quality")
 PROPAGATION_PARAMS = set(inspect.signature(propagate_keyframes).parameters) - {
-    "source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "chain_batch", "device",
-    "seed"}
+    "source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "chain_batch", "cuda_graphs",
+    "device", "seed"}
 # The released code's EbSynth binary call (video_blend.py): 12 search/vote iterations per level with the
 # style term at weight 1 (its default), pyramid down to a short side of 2 * patch_size + 1 = 11 px.
 # (start inclusive, end inclusive) per period, as the released code compares steps with steps * period
@@ -385,7 +385,7 @@ class RerenderEditor(Editor):
     name = "rerender"
     estimators_used = ("flow", "edges")
     SPEED_PARAMS = ("schedule", "reuse_direct_pass", "sampling_batch_size", "batch_multiple", "attention_kernels",
-                    "propagation_batch")
+                    "propagation_batch", "propagation_graphs")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "x0_strength": P.number(0, 1, low_open=True),
         "key_interval": P.integer(1), "control": P.choice("canny", "hed"), "canny_low": P.number(0),
@@ -399,6 +399,7 @@ class RerenderEditor(Editor):
         "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
         "sampling_batch_size": P.integer(1, optional=True), "batch_multiple": P.integer(1, optional=True),
         "attention_kernels": P.subset(*SDPA_KERNELS, optional=True), "propagation_batch": P.integer(1, optional=True),
+        "propagation_graphs": P.boolean(),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
                                  "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
     }
@@ -412,7 +413,7 @@ class RerenderEditor(Editor):
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
                  sampling_batch_size: int | None = None, batch_multiple: int | None = 2,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
-                 propagation_batch: int | None = None,
+                 propagation_batch: int | None = None, propagation_graphs: bool = False,
                  added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
@@ -447,6 +448,7 @@ class RerenderEditor(Editor):
         self.batch_multiple = None if batch_multiple is None else int(batch_multiple)
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
         self.propagation_batch = None if propagation_batch is None else int(propagation_batch)
+        self.propagation_graphs = bool(propagation_graphs)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
 
     def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
@@ -456,7 +458,8 @@ class RerenderEditor(Editor):
         dev = self.device
         frames, still = torch.full((3, 3, *size), 0.5, device=dev), torch.zeros(2, 2, *size, device=dev)
         occluded = torch.zeros(2, 1, *size, device=dev)
-        propagate_keyframes(frames, [0, 2], frames[[0, 2]], still, still, occluded, occluded, **self.propagation)
+        propagate_keyframes(frames, [0, 2], frames[[0, 2]], still, still, occluded, occluded,
+                            cuda_graphs=self.propagation_graphs, **self.propagation)
 
     def constraint_steps(self) -> dict[str, list[int]]:
         """The DDIM steps at which each constraint runs (empty when switched off): its period's steps
@@ -572,7 +575,8 @@ class RerenderEditor(Editor):
             return outputs.cpu()
         dev = self.device
         side = {k: flows[k].to(dev) for k in ("flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd")}
-        params = {"seed": task.seed, "chain_batch": self.propagation_batch, **self.propagation}
+        params = {"seed": task.seed, "chain_batch": self.propagation_batch, "cuda_graphs": self.propagation_graphs,
+                  **self.propagation}
         try:
             return propagate_keyframes(frames.to(dev), keys, outputs.to(dev).float(), **side, **params).cpu()
         except torch.OutOfMemoryError as e:

@@ -22,8 +22,9 @@ problems of equal size.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -65,16 +66,28 @@ def pca_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
     """(B, N, F) -> (B, F, min(dims, F)): the top principal axes of each batch item's features."""
     if dims >= features.shape[-1]:
         return torch.eye(features.shape[-1], device=features.device, dtype=features.dtype).expand(features.shape[0], -1, -1)
+    return principal_axes(scatter_matrices(features).cpu(), dims, features.dtype, features.device)
+
+
+def scatter_matrices(features: torch.Tensor) -> torch.Tensor:
+    """(B, N, F) -> (B, F, F) float64: the scatter matrix of each batch item's centred features (a subsample
+    of at most ~8192 rows)."""
     step = max(1, features.shape[1] // 8192)
     sample = features[:, ::step].double()
     sample = sample - sample.mean(1, keepdim=True)
-    # The F x F eigenproblem is tiny: solve it on the CPU (float64), where it takes 1-2 ms per matrix;
-    # GPU eigensolvers spend tens of kernel launches and a sync on it, per call.
-    _, vectors = torch.linalg.eigh((sample.transpose(1, 2) @ sample).cpu())
-    axes = vectors[..., -dims:].to(features.dtype)
-    if features.is_cuda:  # copied from pinned memory, the transfer does not wait for the GPU's queue
+    return sample.transpose(1, 2) @ sample
+
+
+def principal_axes(scatter: torch.Tensor, dims: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """The top `dims` eigenvectors of scatter matrices (B, F, F) on the CPU -> (B, F, dims) on `device`.
+
+    The F x F eigenproblem is tiny: it is solved on the CPU (float64), where it takes 1-2 ms per matrix;
+    GPU eigensolvers spend tens of kernel launches and a sync on it, per call."""
+    _, vectors = torch.linalg.eigh(scatter)
+    axes = vectors[..., -dims:].to(dtype)
+    if torch.device(device).type == "cuda":  # copied from pinned memory, the transfer does not wait for the GPU's queue
         axes = axes.pin_memory()
-    return axes.to(features.device, non_blocking=True)
+    return axes.to(device, non_blocking=True)
 
 
 def clamp_nnf(nnf: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
@@ -224,6 +237,70 @@ class PatchMatch:
         return state[0], state[1]
 
 
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    matcher: PatchMatch  # kept alive: the graph reads its tensors (bounds, batch index)
+    inputs: list[torch.Tensor]  # the graph reads these: each call copies its own inputs in
+    outputs: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class GraphedSearch:
+    """`PatchMatch.run` replayed from CUDA graphs: one captured per distinct call (shapes, settings, rows).
+
+    The search is bound by kernel launches (about 19 small kernels per candidate, ~1,000 per pyramid level),
+    and a propagation makes the same calls at every step, so after its capture a call is one graph launch.
+    `generator` (the matchers' own, None: the default one) is registered with each graph: a replay draws what
+    the eager loop would from the generator's current state, so the results are bit-identical. The graphs
+    share one memory pool, held until this object is dropped (make one per propagation); outputs are copied
+    out after each replay.
+    """
+
+    generator: torch.Generator | None = None
+    captured: dict[tuple, _Captured] = field(default_factory=dict)
+    pool: tuple | None = None
+
+    def run(self, matcher: PatchMatch, nnf: torch.Tensor, iterations: int, search_radius: int,
+            extra_candidates: list[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        if matcher.generator is not self.generator:
+            raise ValueError("GraphedSearch.run: the matcher's generator is not the one the graphs draw from; "
+                             "make a GraphedSearch per generator")
+        weight = [] if matcher.split_weight is None else [matcher.split_weight]
+        inputs = [matcher.target, matcher.source, nnf, *weight, *extra_candidates]
+        key = (tuple((t.shape, t.dtype) for t in inputs), matcher.target_size, matcher.source_size,
+               matcher.patch_size, matcher.uniformity, matcher.split, matcher.window, iterations, search_radius)
+        entry = self.captured.get(key)
+        if entry is None:
+            entry = self.captured[key] = self._capture(matcher, inputs, iterations, search_radius, len(weight))
+        else:
+            for static, value in zip(entry.inputs, inputs):
+                static.copy_(value)
+        entry.graph.replay()
+        return entry.outputs[0].clone(), entry.outputs[1].clone()
+
+    def _capture(self, matcher: PatchMatch, inputs: list[torch.Tensor], iterations: int, search_radius: int,
+                 weighted: int) -> _Captured:
+        static = [t.clone() for t in inputs]
+        graphed = copy.copy(matcher)
+        graphed.target, graphed.source, nnf = static[:3]
+        graphed.split_weight = static[3] if weighted else None
+        graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:  # the default generator is registered by the capture itself
+            graph.register_generator_state(self.generator)
+        stream = torch.cuda.Stream(device=nnf.device)  # capture needs a stream other than the default one
+        stream.wait_stream(torch.cuda.current_stream(nnf.device))
+        with torch.cuda.stream(stream):
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+            try:
+                outputs = graphed.run(nnf, iterations, search_radius, static[3 + weighted:])
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream(nnf.device).wait_stream(stream)
+        self.pool = graph.pool()
+        return _Captured(graph, graphed, static, outputs)
+
+
 def upsample_nnf(nnf: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Coarse NNF (B, 2, h, w) -> (B, 2, *size): q_fine(p) = 2 q_coarse(p // 2) + p mod 2."""
     h, w = size
@@ -362,8 +439,8 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
                      feature_dims: int | None = 32, generator: torch.Generator | None = None,
                      style_weight: float = 0.0, search_vote_iters: int = 1,
                      weighted_vote: bool = False, vote_guide: Guide | None = None,
-                     coarsest_side: int | None = None, window: RowWindow | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     coarsest_side: int | None = None, window: RowWindow | None = None,
+                     search: GraphedSearch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Synthesise the target in the style of `style` (B, C, Hs, Ws) by guided patch matching.
 
     Coarse to fine: PatchMatch at each pyramid level from the upsampled NNF of the coarser one (`levels`
@@ -381,6 +458,7 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
     With `vote_guide`, the final full-resolution result is its `selective_vote` instead of the mean, and
     the returned error is the chosen proposal's per-pixel guide error instead of the patch error.
     `window`: this batch is those rows of a larger one (random draws as in one call over that batch).
+    `search`: replay the PatchMatch iterations from CUDA graphs (the same results, fewer launches).
     """
     if patch_size % 2 != 1:
         raise ValueError(f"guided_synthesis: patch_size={patch_size} must be odd")
@@ -390,30 +468,50 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
     target_sizes, source_sizes = pyramid_sizes(h, w, levels), pyramid_sizes(hs, ws, levels)
     blocks = [[g for g in guides if not g.masked], [g for g in guides if g.masked]]
     parts = len(guides) + (style_weight > 0)
-    dims = {id(block): max(1, round(feature_dims * len(block) / parts)) for block in blocks} if feature_dims else {}
+    dims = [max(1, round(feature_dims * len(block) / parts)) for block in blocks] + [
+        max(1, round(feature_dims / parts))] if feature_dims else None  # per block, then the style term's
+
+    def block_features(level: int, k: int) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        """(target, source) patch features at `level` of the unmasked (k = 0) or masked (1) guides, or (None,
+        style features) for the style term (2); None where there is none. Made when needed, one block at a time."""
+        tsize, ssize = target_sizes[level], source_sizes[level]
+        if k == 2:
+            return None if style_weight <= 0 else (None, _features([(_resize(style, ssize), style_weight)], ssize,
+                                                                   patch_size))
+        if not blocks[k]:
+            return None
+        return (_features([(g.target, g.weight) for g in blocks[k]], tsize, patch_size),
+                _features([(g.source, g.weight) for g in blocks[k]], ssize, patch_size))
+
+    # Every level's PCA scatter matrices first, copied to the host at once: each level's eigenproblems then
+    # run on the CPU while the GPU is still searching the coarser level, with no wait for the GPU in between.
+    scatters = {}
+    if dims:
+        for level in range(levels):
+            for k in range(3):
+                pair = block_features(level, k)
+                if pair is not None and dims[k] < pair[1].shape[-1]:
+                    scatters[level, k] = scatter_matrices(pair[1] if pair[0] is None else torch.cat(pair[::-1], 1))
+                del pair
+        if scatters:
+            host = torch.cat([m.flatten() for m in scatters.values()]).cpu()
+            scatters = {key: flat.view(m.shape) for (key, m), flat in
+                        zip(scatters.items(), host.split([m.numel() for m in scatters.values()]))}
     nnf = None
     for level in reversed(range(levels)):
         tsize, ssize = target_sizes[level], source_sizes[level]
-        target_parts, source_parts = [], []
-        for block in blocks:
-            if not block:
-                target_parts.append(None)
-                source_parts.append(None)
-                continue
-            target = _features([(g.target, g.weight) for g in block], tsize, patch_size)
-            source = _features([(g.source, g.weight) for g in block], ssize, patch_size)
-            if feature_dims:
-                target, source = project_features(target, source, dims[id(block)])
-            target_parts.append(target.to(dtype))
-            source_parts.append(source.to(dtype))
+        projected, style_basis = [], None  # (target, source) per block: unmasked, masked, style
+        for k in range(3):
+            target, source = block_features(level, k) or (None, None)
+            if (level, k) in scatters:
+                basis = principal_axes(scatters[level, k], dims[k], source.dtype, source.device)
+                target, source = (None if target is None else target @ basis), source @ basis
+                if k == 2:
+                    style_basis = basis
+            projected.append(tuple(None if x is None else x.to(dtype) for x in (target, source)))
+        target_parts = [projected[0][0], projected[1][0]]
+        source_parts = [projected[0][1], projected[2][1], projected[1][1]]
         level_style = _resize(style, ssize)
-        style_basis = None
-        if style_weight > 0:
-            style_source = _features([(level_style, style_weight)], ssize, patch_size)
-            if feature_dims:
-                style_basis = pca_basis(style_source, max(1, round(feature_dims / parts)))
-                style_source = style_source @ style_basis
-            source_parts.insert(1, style_source.to(dtype))
         source = torch.cat([p for p in source_parts if p is not None], -1)
         split, split_weight = None, None
         if blocks[1]:
@@ -438,7 +536,10 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
             target = torch.cat([p for p in target + target_parts[1:] if p is not None], -1)
             matcher = PatchMatch(target, source, tsize, ssize, patch_size, uniformity, split, split_weight, generator,
                                  window)
-            nnf, err = matcher.run(nnf, iterations, radius, extra)
+            if search is None:
+                nnf, err = matcher.run(nnf, iterations, radius, extra)
+            else:
+                nnf, err = search.run(matcher, nnf, iterations, radius, extra)
             extra, radius = [], min(4, max(ssize) // 2)
             err_for_vote = err if weighted_vote else None
     if vote_guide is not None:

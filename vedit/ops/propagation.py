@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from vedit.errors import EditorError
 from vedit.ops.blend import BLEND_MODES, blend_pair, error_aware_weight, select_by_error, select_temporal, temporal_weight
-from vedit.ops.patchmatch import Guide, RowWindow, guided_synthesis
+from vedit.ops.patchmatch import GraphedSearch, Guide, RowWindow, guided_synthesis
 from vedit.ops.warp import backward_warp, pixel_grid
 
 DEFAULT_WEIGHTS = {"color": 6.0, "edge": 0.5, "temporal": 0.5, "pos": 2.0}
@@ -103,8 +103,8 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
                         feature_dims: int | None = 32, style_weight: float = 0.0, search_vote_iters: int = 1,
                         weighted_vote: bool = False, selective_vote: bool = False, selection: str = "temporal",
                         blend: str = "meanstd", poisson: bool = False, blend_temperature: float | None = None,
-                        chain_batch: int | None = None, device: torch.device | str | None = None,
-                        seed: int = 0) -> torch.Tensor:
+                        chain_batch: int | None = None, cuda_graphs: bool = False,
+                        device: torch.device | str | None = None, seed: int = 0) -> torch.Tensor:
     """Fill the non-key frames of a video from its stylised key frames -> (T, 3, H, W) in [0, 1].
 
     source (T, 3, H, W) input frames in [0, 1]; key_outputs (K, 3, H, W) the stylised frames at
@@ -118,7 +118,9 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     `blend` one of BLEND_MODES; `poisson`; `blend_temperature` (None: purely temporal weights).
     `chain_batch`: at most this many chains per synthesis call (None: all), which bounds the working
     memory of a long video's many chains; the frames are the same (random draws are made as for all
-    chains at once). Runs on `device` (default: the source's), float16 patch features on CUDA.
+    chains at once). `cuda_graphs`: on CUDA, replay the PatchMatch iterations from graphs captured at
+    their first call in this propagation (`vedit.ops.patchmatch.GraphedSearch`; the same frames, fewer
+    launches). Runs on `device` (default: the source's), float16 patch features on CUDA.
     """
     _check(source, key_indices, key_outputs,
            {"flow_fwd": flow_fwd, "flow_bwd": flow_bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}, patch_size, blend,
@@ -129,6 +131,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     device = torch.device(device) if device is not None else source.device
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     generator = torch.Generator(device=device).manual_seed(seed)
+    search = GraphedSearch(generator) if cuda_graphs and device.type == "cuda" else None
     t, _, h, w = source.shape
     frames = source.to(device, torch.float32)
     keys = key_outputs.to(device, torch.float32)
@@ -169,7 +172,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
                 init=init, target_mask=1 - occ, dtype=dtype, feature_dims=feature_dims, generator=generator,
                 style_weight=style_weight, search_vote_iters=search_vote_iters, weighted_vote=weighted_vote,
                 vote_guide=guides[0] if selective_vote else None, coarsest_side=coarsest_side,
-                window=RowWindow(start, start + len(group), len(active)))
+                window=RowWindow(start, start + len(group), len(active)), search=search)
             for k, (c, i) in enumerate(zip(group, target_idx)):
                 results[(i, c.direction)] = (out[k], err[k])
                 coords[id(c)], previous[id(c)] = pos[k], out[k]
