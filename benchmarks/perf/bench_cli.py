@@ -12,6 +12,11 @@ the run wrote: the editor's own phase timings, peak GPU memory, metric seconds, 
 load time and the warm-up's seconds (both once per process, reported apart, not part of a cell's cost). The process's wall time is
 measured around the subprocess.
 
+First cells vary between fresh processes on one machine (16-frame Rerender key-frame sampling: 2.3-3.6 s),
+so small effects need several processes per setting: `--variant NAME OVERRIDE...` (repeatable) runs each
+setting with its own overrides, `--repeats N` runs every variant N times, interleaved (A B A B ...), and the
+summary gives each setting's median and range per phase (`<out>.summary.json`).
+
 Defaults: `backbone=random` (full-size architectures, random weights), default metrics with a
 randomly initialised ViT-L/14 CLIP (no weights offline; same compute) and the run's default
 estimators. Extra Hydra overrides apply to every run (`--override method.params.key_interval=5`).
@@ -20,8 +25,10 @@ estimators. Extra Hydra overrides apply to every run (`--override method.params.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,6 +115,9 @@ def main() -> None:
                          "CPU smoke test: backbone=tiny metrics=tiny)")
     ap.add_argument("--method-override", action="append", default=[],
                     help="METHOD:override, e.g. vidmp3:+protocol=vidmp3_clip (repeatable)")
+    ap.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
+                    help="a setting to compare: its name, then Hydra overrides (repeatable; default: one, no overrides)")
+    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per method, length and variant")
     ap.add_argument("--videos", type=int, default=2, choices=(1, 2), help="1: the first cell only")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", type=Path, default=None, help="keep the stores here (default: a temp dir)")
@@ -123,15 +133,16 @@ def main() -> None:
     base = args.keep or Path(tempfile.mkdtemp(prefix="vedit-cli-"))
     if not args.no_prime:
         subprocess.run([sys.executable, "-c", PRIME], cwd=REPO, check=False, timeout=300)
+    variants = [(v[0], v[1:]) for v in args.variant] or [("default", [])]
     results = []
     for length in args.frames:
         data_root = make_dataset(args.source, length, base / f"data_{length}", args.videos)
-        for method in args.methods:
-            work = base / f"{method}_{length}"
-            res = run_method(method, data_root, work, args.override + per_method.get(method, []), args.timeout)
-            res["frames_requested"] = length
+        for method, repeat, (variant, extra) in itertools.product(args.methods, range(args.repeats), variants):
+            work = base / f"{method}_{length}_{variant}_{repeat}"
+            res = run_method(method, data_root, work, args.override + per_method.get(method, []) + extra, args.timeout)
+            res.update(frames_requested=length, variant=variant, repeat=repeat)
             results.append(res)
-            print(f"\n=== {method}, {length} frames: exit {res['returncode']}, process "
+            print(f"\n=== {method}, {length} frames, {variant} #{repeat}: exit {res['returncode']}, process "
                   f"{res.get('process_wall_s', float('nan')):.1f} s, backbone load {res.get('backbone_load_seconds')}, "
                   f"warm-up {res.get('warmup_seconds')}")
             for cell in res["cells"]:
@@ -145,6 +156,32 @@ def main() -> None:
                 print(res.get("stderr_tail", "")[-1500:])
             if args.out:
                 args.out.write_text(json.dumps(results, indent=1))
+    summary = summarise(results)
+    for row in summary:
+        print(json.dumps(row))
+    if args.out:
+        args.out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Per method, length, variant and cell of the process: the median, min and max over its processes of
+    the cell's s/frame, of each phase's seconds and of its peak memory (finished cells only)."""
+    groups: dict[tuple, list[dict]] = {}
+    for res in results:
+        for cell in res["cells"]:
+            if cell["status"] == "ok":
+                key = (res["method"], res["frames_requested"], res.get("variant", "default"), cell["cell_index_in_process"])
+                groups.setdefault(key, []).append(cell)
+    rows = []
+    for (method, frames, variant, index), cells in groups.items():
+        values = {"s_per_frame": [c["seconds_per_frame"] for c in cells],
+                  "peak_gpu_memory_gb": [c["peak_gpu_memory_gb"] for c in cells if c["peak_gpu_memory_gb"] is not None]}
+        for phase in sorted({p for c in cells for p in (c["timings"] or {})}):
+            values[phase] = [c["timings"][phase] for c in cells if phase in (c["timings"] or {})]
+        rows.append({"method": method, "frames": frames, "variant": variant, "cell": index, "processes": len(cells),
+                     **{name: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                        for name, v in values.items() if v}})
+    return rows
 
 
 if __name__ == "__main__":
