@@ -14,19 +14,18 @@ all steps from the inverted noise), guidance 7.5.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from vedit.backbones import build_backbone
 from vedit.backbones.compile import compile_blocks
 from vedit.editors.pix2video import SCHEDULES, Pix2VideoEditor
 from vedit.task import EditTask
 from vedit.video import Video
+
+from harness import backbone_arguments, build_timed, report  # this folder is on sys.path when run as a script
 
 SOURCE, TARGET = "a black swan swimming in a river", "a white duck swimming in a river"
 
@@ -92,12 +91,7 @@ def time_peer(bb, frames: torch.Tensor, depth: torch.Tensor, steps: int) -> dict
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", choices=["random", "tiny"], default="random")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--size", type=int, default=512)
+    p = backbone_arguments(__doc__, frames=48)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--inversion-batch-size", type=int, default=16)
     p.add_argument("--sampling-batch-size", type=int, default=50)
@@ -110,13 +104,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    start = time.perf_counter()
-    bb = build_backbone(args.backbone, "sd2-depth", device=device, dtype=args.dtype)
-    build_s = time.perf_counter() - start
+    bb, build_s = build_timed(args, "sd2-depth")
+    device = bb.device
     compiled = compile_blocks(bb.unet, dynamic=True) if args.compile else 0
 
     g = torch.Generator().manual_seed(0)
@@ -174,11 +163,7 @@ def main() -> None:
         print(f"{name:34s} {value:10.4f}")
     print(f"{'peak GPU memory (GB)':34s} {res['peak_gb']:10.2f}")
     print(f"{'UNet calls (sampling)':34s} {res['unet_calls_sampling']:10d}")
-    print("targets: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in res["targets"].items()))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.out}")
+    report(res, args.out)
 
 
 if __name__ == "__main__":

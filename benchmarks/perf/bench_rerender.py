@@ -15,7 +15,6 @@ one by one with the same edge maps, strength 0.75 (the same 15 denoising steps, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from vedit.task import EditTask
 from vedit.video import Video
 
 from bench_propagation import VARIANTS as PROPAGATION_VARIANTS  # noqa: E402  (this script's folder is on sys.path)
+from harness import backbone_arguments
 
 SOURCE, TARGET = "a photo of a street", "a street in the style of Van Gogh"
 
@@ -81,12 +81,7 @@ def time_peer(bb, task: EditTask, keys: list[int], edges: torch.Tensor, control_
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", choices=("random", "tiny"), default="random")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="bfloat16")
-    p.add_argument("--frames", type=int, default=21)
-    p.add_argument("--size", type=int, default=512)
+    p = backbone_arguments(__doc__, frames=21)
     p.add_argument("--key-interval", type=int, default=10)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", type=Path, required=True)

@@ -20,20 +20,18 @@ diffusers' default SDPA attention, like ours): compare sampling for the method's
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 import vedit.editors.tokenflow as tokenflow
-from vedit.backbones import build_backbone
 from vedit.backbones.compile import compile_blocks
 from vedit.task import EditTask
 from vedit.video import Video
 
 from bench_pix2video import smooth_random  # this folder is on sys.path when run as a script
+from harness import backbone_arguments, build_timed, report
 
 SOURCE, TARGET = "a woman running", "a marble sculpture of a woman running, Venus de Milo"
 
@@ -61,12 +59,7 @@ def timed_edit(editor, task, device) -> tuple[dict, float, int, dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", choices=["random", "tiny"], default="random")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--frames", type=int, default=40)
-    p.add_argument("--size", type=int, default=512)
+    p = backbone_arguments(__doc__, frames=40)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--unet-batch", type=int, default=None, help="frames per propagation/inversion UNet call")
     p.add_argument("--compile", action="store_true",
@@ -76,13 +69,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    start = time.perf_counter()
-    bb = build_backbone(args.backbone, "sd21", device=device, dtype=args.dtype)
-    build_s = time.perf_counter() - start
+    bb, build_s = build_timed(args, "sd21")
+    device = bb.device
     compiled = compile_blocks(bb.unet, dynamic=True) if args.compile else 0
     frames = smooth_random((args.frames, 3), args.size, torch.Generator().manual_seed(0))
     task = EditTask(Video(frames, 24.0, "bench"), SOURCE, TARGET)
@@ -132,11 +120,7 @@ def main() -> None:
           + (f" {res['peer_released_structure']['peak_gb']:13.2f}" if args.peer else ""))
     print(f"{'UNet calls (sampling)':30s} {res['unet_calls_sampling']:10d}"
           + (f" {res['peer_released_structure']['unet_calls_sampling']:13d}" if args.peer else ""))
-    print("targets: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in res["targets"].items()))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.out}")
+    report(res, args.out)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ frames, target prompt, guidance 7.5 and strength 1.0 (`--peer-strength`): with 1
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -34,6 +32,8 @@ from vedit.backbones import build_backbone
 from vedit.editors.vidmp3 import VidMP3Editor
 from vedit.task import EditTask
 from vedit.video import Video
+
+from harness import backbone_arguments, report  # this folder is on sys.path when run as a script
 
 SOURCE, TARGET = "a silver jeep driving on a road", "a bulldog on roller blades on a road"
 PHASES = ("preprocessing", "tuning", "inversion", "sampling")
@@ -94,12 +94,7 @@ def time_peer(editor: VidMP3Editor, task: EditTask, steps: int, strength: float)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", choices=["random", "tiny"], default="random")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="bfloat16")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=512)
+    p = backbone_arguments(__doc__, frames=16)
     p.add_argument("--tune-steps", type=int, default=100)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--window", type=int, default=16)
@@ -169,11 +164,7 @@ def main() -> None:
     print(f"{'peak GPU memory (GB)':36s} {res['peak_gb']:10.2f}")
     if args.peer:
         print(f"{'peer peak GPU memory (GB)':36s} {res['peer_animatediff_v2v']['peak_gb']:10.2f}")
-    print("targets: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in res["targets"].items()))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.out}")
+    report(res, args.out)
 
 
 if __name__ == "__main__":
