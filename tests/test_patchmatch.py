@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from vedit.ops.blend import (_gradients, blend_pair, error_aware_weight, histogram_blend, histogram_match, lab_to_rgb,
                              meanstd_blend, poisson_blend, rgb_to_lab, select_temporal, temporal_weight)
 from vedit.ops.patchmatch import (GraphedSearch, Guide, PatchMatch, auto_levels, guided_synthesis, identity_nnf,
-                                  occupancy, patch_errors, project_features, selective_vote, unfold_patches, upsample_nnf, vote, vote_candidates)
+                                  occupancy, patch_errors, project_features, selective_vote, unfold_patches,
+                                  upsample_nnf, vote, vote_candidates)
 from vedit.ops.propagation import propagate_keyframes
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
 
 def smooth_texture(size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
     """Random texture with structure at several scales (unique patches, like a natural image)."""

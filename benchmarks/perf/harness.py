@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from vedit.backbones import build_backbone
+from vedit.backbones import Backbone, build_backbone
 
 
 def backbone_arguments(description: str, frames: int) -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def backbone_arguments(description: str, frames: int) -> argparse.ArgumentParser
     return p
 
 
-def build_timed(args: argparse.Namespace, family: str):
+def build_timed(args: argparse.Namespace, family: str) -> tuple[Backbone, float]:
     """The backbone of `family` on args.device (TF32 matmuls on CUDA) and the seconds building it took."""
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -48,25 +48,32 @@ def unfold_patches(image: torch.Tensor, patch_size: int) -> torch.Tensor:
     return F.unfold(padded, patch_size).transpose(1, 2).contiguous()
 
 
-def project_features(target: torch.Tensor, source: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+def project_features(target: torch.Tensor, source: torch.Tensor, dims: int,
+                     scatter: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Project target and source patch features (B, N, F) onto their top `dims` principal axes.
 
     Patches of natural images are highly redundant (neighbouring pixels correlate), so a few
     components keep nearly all of the squared distance while cutting the bytes every candidate
     evaluation reads by F / dims. Distances in the projection never exceed the full ones, and exact
-    matches stay exact. One basis per batch item, from the source and target features together.
+    matches stay exact. One basis per batch item, from the source and target features together
+    (`scatter`: their `scatter_matrices`, already on the host; None: computed here).
     """
     if dims >= target.shape[-1]:
         return target, source
-    basis = pca_basis(torch.cat([source, target], 1), dims)
+    if scatter is None:
+        scatter = scatter_matrices(torch.cat([source, target], 1)).cpu()
+    basis = principal_axes(scatter, dims, source.dtype, source.device)
     return target @ basis, source @ basis
 
 
-def pca_basis(features: torch.Tensor, dims: int) -> torch.Tensor:
-    """(B, N, F) -> (B, F, min(dims, F)): the top principal axes of each batch item's features."""
+def pca_basis(features: torch.Tensor, dims: int, scatter: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N, F) -> (B, F, min(dims, F)): the top principal axes of each batch item's features (`scatter`:
+    their `scatter_matrices`, already on the host; None: computed here)."""
     if dims >= features.shape[-1]:
         return torch.eye(features.shape[-1], device=features.device, dtype=features.dtype).expand(features.shape[0], -1, -1)
-    return principal_axes(scatter_matrices(features).cpu(), dims, features.dtype, features.device)
+    if scatter is None:
+        scatter = scatter_matrices(features).cpu()
+    return principal_axes(scatter, dims, features.dtype, features.device)
 
 
 def scatter_matrices(features: torch.Tensor) -> torch.Tensor:
@@ -485,6 +492,7 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
 
     # Every level's PCA scatter matrices first, copied to the host at once: each level's eigenproblems then
     # run on the CPU while the GPU is still searching the coarser level, with no wait for the GPU in between.
+    # The features are made again for the search: keeping them would hold every level's at once.
     scatters = {}
     if dims:
         for level in range(levels):
@@ -500,18 +508,21 @@ def guided_synthesis(guides: list[Guide], style: torch.Tensor, patch_size: int =
     nnf = None
     for level in reversed(range(levels)):
         tsize, ssize = target_sizes[level], source_sizes[level]
-        projected, style_basis = [], None  # (target, source) per block: unmasked, masked, style
-        for k in range(3):
-            target, source = block_features(level, k) or (None, None)
-            if (level, k) in scatters:
-                basis = principal_axes(scatters[level, k], dims[k], source.dtype, source.device)
-                target, source = (None if target is None else target @ basis), source @ basis
-                if k == 2:
-                    style_basis = basis
-            projected.append(tuple(None if x is None else x.to(dtype) for x in (target, source)))
-        target_parts = [projected[0][0], projected[1][0]]
-        source_parts = [projected[0][1], projected[2][1], projected[1][1]]
+        target_parts, source_parts = [], []  # of the unmasked, then the masked guides
+        for k in range(2):
+            pair = block_features(level, k)
+            if pair is not None and dims:
+                pair = project_features(*pair, dims[k], scatters.get((level, k)))
+            target_parts.append(None if pair is None else pair[0].to(dtype))
+            source_parts.append(None if pair is None else pair[1].to(dtype))
         level_style = _resize(style, ssize)
+        style_basis = None
+        if style_weight > 0:
+            style_source = block_features(level, 2)[1]
+            if dims:
+                style_basis = pca_basis(style_source, dims[2], scatters.get((level, 2)))
+                style_source = style_source @ style_basis
+            source_parts.insert(1, style_source.to(dtype))
         source = torch.cat([p for p in source_parts if p is not None], -1)
         split, split_weight = None, None
         if blocks[1]:
