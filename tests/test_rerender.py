@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from vedit.errors import EditorError
 from vedit.editors.rerender import (ADDED_PROMPT, NEGATIVE_PROMPT, PERIOD_ENDS, KeyFrameAttention, RerenderEditor,
                                     adain, chained_flow, inpainting_rescale, key_frame_indices, match_colour,
                                     period_steps, pixel_reference, restore_luminosity, soften_occlusion, start_step,
-                                    WavefrontAttention, wavefront_plan)
+                                    StaticKV, WavefrontAttention, wavefront_plan)
 from vedit.estimators import Estimators
 from vedit.ops.warp import backward_warp
 from vedit.task import EditTask
@@ -417,6 +418,57 @@ def test_wavefront_padding_gives_few_batch_shapes_and_the_same_result(backbone):
     assert torch.equal(attention("a", x), torch.cat([x, x], dim=1))
 
 
+def test_static_kv_serves_what_the_eager_wavefront_attention_serves_and_records_the_same():
+    """The CUDA-graph form of the wavefront's K/V (buffers filled before a call, row masks) gives, for a call
+    mixing key frames 3, 0 and 1 (padded) at two steps, exactly the eager K/V, and records the same features."""
+    g = torch.Generator().manual_seed(0)
+    features = {k: {"a": torch.randn(2, 5, 3, generator=g)} for k in ((0, 4), (2, 4), (0, 3))}
+    rows = [(3, 4, True), (0, 5, True), (1, 4, False), (1, 4, False)]
+    x = torch.randn(8, 5, 3, generator=g)
+    eager, graphed = WavefrontAttention(fixed_length=True), WavefrontAttention(fixed_length=True)
+    eager.features, graphed.features = ({k: dict(v) for k, v in features.items()} for _ in range(2))
+    eager.begin_call(rows)
+    expected = eager("a", x)
+    static = StaticKV(8, x.device)
+    graphed.static = static
+    graphed("a", torch.zeros_like(x))  # what a capture does: the layer's buffers are made, nothing is filled yet
+    graphed.fill(static, rows)
+    assert torch.equal(graphed("a", x), expected)
+    graphed.static = None
+    graphed.record(static, rows)
+    assert graphed.features.keys() == eager.features.keys()
+    assert all(torch.equal(graphed.features[k]["a"], eager.features[k]["a"]) for k in eager.features)
+
+
+def test_sampling_graphs_need_a_batch_multiple():
+    with pytest.raises(EditorError, match="sampling_graphs=true needs batch_multiple"):
+        RerenderEditor(None, sampling_graphs=True, batch_multiple=None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("frames", [4, 6])
+def test_sampling_graphs_give_the_eager_frames(frames):
+    """Wavefront calls replayed from CUDA graphs (each shape's first call eager, its second captured) give the
+    eager frames, in a first edit and in a second one of the same editor that only replays."""
+    bb = build_backbone("tiny", "sd15-controlnet", device="cuda", dtype="float32")
+    task = make_task(num_frames=frames)
+    params = {"key_interval": 2, "x0_strength": 1.0, **ALL_ON}
+    rows = []
+    hook = bb.unet.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[0]))
+    try:
+        eager = run(bb, task, **params)
+    finally:
+        hook.remove()
+    editor = RerenderEditor(bb, Estimators(), steps=STEPS, sampling_graphs=True, **params)
+    first = editor.edit(task).frames
+    captured = len(editor.wavefront_graphs.captured)
+    second = editor.edit(task).frames
+    calls = Counter(rows)
+    assert captured == sum(count > 1 for count in calls.values()) and len(editor.wavefront_graphs.captured) == len(calls)
+    torch.testing.assert_close(first, eager, rtol=0, atol=0)
+    torch.testing.assert_close(second, eager, rtol=0, atol=0)
+
+
 def test_attention_kernels_restrict_sdpa_inside_the_edit_only():
     """The editor's `attention_kernels` apply to its attention calls and nowhere else: on the CPU the
     'efficient' kernel does not exist, so an edit restricted to it fails, while SDPA outside works;
@@ -432,21 +484,32 @@ def test_attention_kernels_restrict_sdpa_inside_the_edit_only():
         RerenderEditor.check_params({"attention_kernels": ["cudnn", "fast"]})
 
 
-def test_warmup_runs_the_models_and_a_propagation_at_the_video_size_and_changes_no_frame(monkeypatch):
+@pytest.mark.parametrize("frames,params", [(3, {}), (7, {"sampling_batch_size": 3, "x0_strength": 1.0, **ALL_ON})])
+def test_warmup_runs_the_edits_batch_shapes_and_a_propagation_and_changes_no_frame(monkeypatch, frames, params):
+    """Warm-up at the video's size and length calls the UNet at every batch shape the edit's wavefront uses
+    (with cross-frame attention), runs one propagation at the video's size, draws no random numbers and
+    leaves the edit's frames bit for bit unchanged."""
     import vedit.editors.rerender as rerender_module
 
     bb = build_backbone("tiny", "sd15-controlnet", dtype="float64")
-    task = make_task(num_frames=3)
-    before = run(bb, task, key_interval=2)
-    sources = []
+    task = make_task(num_frames=frames)
+    params = {"key_interval": 2, **params}
+    before = run(bb, task, **params)
+    sources, rows = [], []
     real = rerender_module.propagate_keyframes
     monkeypatch.setattr(rerender_module, "propagate_keyframes",
                         lambda source, *a, **kw: (sources.append(tuple(source.shape)), real(source, *a, **kw))[1])
+    hook = bb.unet.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[0]))
     rng = torch.get_rng_state()
-    RerenderEditor(bb).warmup(tuple(task.video.size))
-    assert sources == [(3, 3, *task.video.size)] and torch.equal(torch.get_rng_state(), rng)
-    monkeypatch.undo()
-    torch.testing.assert_close(run(bb, task, key_interval=2), before, rtol=0, atol=0)
+    try:
+        RerenderEditor(bb, steps=STEPS, **params).warmup(tuple(task.video.size), frames)
+        warm, rows[:] = set(rows), []
+        assert sources == [(3, 3, *task.video.size)] and torch.equal(torch.get_rng_state(), rng)
+        monkeypatch.undo()
+        torch.testing.assert_close(run(bb, task, **params), before, rtol=0, atol=0)
+    finally:
+        hook.remove()
+    assert set(rows) <= warm and len(set(rows)) >= (2 if frames > 3 else 1)
 
 
 @pytest.mark.parametrize("frames,chains", [(5, 4), (4, 2)])  # keys 0, 2, 4: 4 chains; keys 0, 2, 3: 2 (none 2 -> 3)

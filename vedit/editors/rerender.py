@@ -65,8 +65,9 @@ import torchvision.transforms.functional as TF
 
 from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer, round_up
-from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors,
+from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
                                  self_attention_layers)
+from vedit.ops.cuda_graphs import Captured, capture, to_device
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.propagation import key_chains, propagate_keyframes
 from vedit.ops.vae import backbone_fidelity_encode
@@ -257,12 +258,15 @@ class WavefrontAttention:
         self.features: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self._rows: list[tuple[int, int, bool]] = []
         self.fixed_length = fixed_length
+        self.static: StaticKV | None = None  # set while a call is captured into a CUDA graph
 
     def begin_call(self, rows: list[tuple[int, int, bool]]) -> None:
         """rows: per row group (key frame position, step, whether to record its features)."""
         self._rows = rows
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if self.static is not None:
+            return self.static(name, x)
         single = len(self._rows) == 1
         firsts, seconds = [], []
         for j, (n, i, record) in enumerate(self._rows):
@@ -279,6 +283,78 @@ class WavefrontAttention:
     def release(self, n: int) -> None:
         for k in [k for k in self.features if k[0] == n]:
             del self.features[k]
+
+    def fill(self, static: StaticKV, rows: list[tuple[int, int, bool]]) -> None:
+        """Before a graph replay: the K/V this call reads, as `__call__` would serve it (fixed length)."""
+        static.first_is_own.copy_(torch.tensor([n == 0 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
+        static.second_is_first.copy_(torch.tensor([n < 2 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
+        for name, (_, first, second) in static.layers.items():
+            for j, (n, i, _) in enumerate(rows):
+                if n > 0:
+                    first[2 * j: 2 * j + 2].copy_(self.features[(0, i)][name])
+                if n >= 2:
+                    second[2 * j: 2 * j + 2].copy_(self.features[(n - 1, i)][name])
+
+    def record(self, static: StaticKV, rows: list[tuple[int, int, bool]]) -> None:
+        """After a graph replay: keep the features of the rows that record (copies: the next replay overwrites)."""
+        for name, (own, _, _) in static.layers.items():
+            for j, (n, i, keep) in enumerate(rows):
+                if keep:
+                    self.features.setdefault((n, i), {})[name] = own[2 * j: 2 * j + 2].clone()
+
+
+class StaticKV:
+    """`WavefrontAttention`'s K/V in a form a CUDA graph can capture: per layer, buffers for the first and
+    previous key frames' features (filled before each replay) and row masks choosing the layer's own
+    input instead; always the fixed length [first; previous]. The same values as the eager path."""
+
+    def __init__(self, rows: int, device: torch.device) -> None:
+        self.first_is_own = torch.zeros(rows, 1, 1, dtype=torch.bool, device=device)
+        self.second_is_first = torch.zeros(rows, 1, 1, dtype=torch.bool, device=device)
+        self.layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # (input, first, second)
+
+    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        _, first, second = self.layers.get(name) or (None, torch.empty_like(x), torch.empty_like(x))
+        self.layers[name] = (x, first, second)
+        first = torch.where(self.first_is_own, x, first)
+        return torch.cat([first, torch.where(self.second_is_first, first, second)], dim=1)
+
+
+class WavefrontGraphs:
+    """The wavefront's UNet + ControlNet calls replayed from CUDA graphs (`sampling_graphs`), one per call shape.
+
+    A shape's first call in the process runs eagerly: it pays the kernels' first-call set-up, which a capture
+    should not record. Its second call is captured and replayed, later ones replay. Cross-frame attention runs
+    in its capturable form (`StaticKV`): the features a call reads are copied into the graph's buffers before
+    the replay, the ones it records copied out after. Held by the editor, so the graphs (and their shared
+    memory pool) serve every later cell of the process.
+    """
+
+    def __init__(self) -> None:
+        self.eager: set[tuple] = set()
+        self.captured: dict[tuple, Captured] = {}
+        self.pool: tuple | None = None
+
+    def __call__(self, sampler: _Sampler, inputs: list[torch.Tensor], rows: list[tuple[int, int, bool]]) -> torch.Tensor:
+        """`sampler.forward(*inputs)` with `sampler.wave_attention` serving `rows`; the output is the graph's
+        own tensor, overwritten by the next replay."""
+        attention, key = sampler.wave_attention, tuple((v.shape, v.dtype) for v in inputs)
+        if key not in self.eager:
+            self.eager.add(key)
+            attention.begin_call(rows)
+            return sampler.forward(*inputs)
+        entry = self.captured.get(key)
+        if entry is None:
+            attention.static = static = StaticKV(inputs[0].shape[0], inputs[0].device)
+            try:
+                entry = self.captured[key] = capture(sampler.forward, inputs, self.pool)
+            finally:
+                attention.static = None
+            entry.keep, self.pool = static, entry.graph.pool()
+        attention.fill(entry.keep, rows)
+        out = entry.replay(inputs)
+        attention.record(entry.keep, rows)
+        return out
 
 
 Pass = tuple[int, bool, int]  # (key frame position, fused pass?, step)
@@ -385,7 +461,7 @@ class RerenderEditor(Editor):
     name = "rerender"
     estimators_used = ("flow", "edges")
     SPEED_PARAMS = ("schedule", "reuse_direct_pass", "sampling_batch_size", "batch_multiple", "attention_kernels",
-                    "propagation_batch", "propagation_graphs")
+                    "sampling_graphs", "propagation_batch", "propagation_graphs")
     PARAMS = {  # checked before any model is built
         "steps": P.integer(1), "guidance_scale": P.number(), "x0_strength": P.number(0, 1, low_open=True),
         "key_interval": P.integer(1), "control": P.choice("canny", "hed"), "canny_low": P.number(0),
@@ -399,7 +475,7 @@ class RerenderEditor(Editor):
         "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
         "sampling_batch_size": P.integer(1, optional=True), "batch_multiple": P.integer(1, optional=True),
         "attention_kernels": P.subset(*SDPA_KERNELS, optional=True), "propagation_batch": P.integer(1, optional=True),
-        "propagation_graphs": P.boolean(),
+        "sampling_graphs": P.boolean(), "propagation_graphs": P.boolean(),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
                                  "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
     }
@@ -413,7 +489,7 @@ class RerenderEditor(Editor):
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
                  sampling_batch_size: int | None = None, batch_multiple: int | None = 2,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
-                 propagation_batch: int | None = None, propagation_graphs: bool = False,
+                 sampling_graphs: bool = False, propagation_batch: int | None = None, propagation_graphs: bool = False,
                  added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
@@ -431,6 +507,9 @@ class RerenderEditor(Editor):
             raise EditorError(f"rerender: sampling_batch_size={sampling_batch_size} must be >= 1 (or null = no limit)")
         if batch_multiple is not None and int(batch_multiple) < 1:
             raise EditorError(f"rerender: batch_multiple={batch_multiple} must be >= 1 (or null = no padding)")
+        if sampling_graphs and batch_multiple is None:
+            raise EditorError("rerender: sampling_graphs=true needs batch_multiple (a graph per call shape, and cross-frame "
+                              "attention of one K/V length); set batch_multiple: 2 or sampling_graphs: false")
         self.steps, self.guidance_scale, self.x0_strength = steps, guidance_scale, x0_strength
         self.key_interval, self.control, self.canny = int(key_interval), control, (canny_low, canny_high)
         self.control_scale = control_scale
@@ -447,15 +526,29 @@ class RerenderEditor(Editor):
         self.sampling_batch_size = None if sampling_batch_size is None else int(sampling_batch_size)
         self.batch_multiple = None if batch_multiple is None else int(batch_multiple)
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
+        self.sampling_graphs = bool(sampling_graphs)
+        self.wavefront_graphs = WavefrontGraphs()
         self.propagation_batch = None if propagation_batch is None else int(propagation_batch)
         self.propagation_graphs = bool(propagation_graphs)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
 
+    @torch.no_grad()
     def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
-        """The backbone's models, then one propagation of a 3-frame constant clip at `size` (keys 0 and 2,
-        still flows): its GPU kernels' first-call set-up is the rest of a first cell's extra time."""
+        """The backbone's models; with the wavefront schedule, one UNet + ControlNet call with cross-frame
+        attention at each batch shape an edit of `num_frames` frames at `size` makes; then one propagation of
+        a 3-frame constant clip (keys 0 and 2, still flows). Constant inputs; nothing is kept."""
         super().warmup(size, num_frames)
-        dev = self.device
+        dev, bb = self.device, self.backbone
+        if self.schedule == "wavefront":
+            latent = torch.zeros(1, 4, *(v // bb.vae_scale for v in size), device=dev, dtype=bb.dtype)
+            sampler = _Sampler(self, DDIM(bb.scheduler(), self.steps), bb.encode_prompt(["", ""]), latent, 0)
+            key = KeyFrame(index=0, control=torch.zeros(2, 3, *size, device=dev, dtype=bb.dtype), is_first=True)
+            keys = key_frame_indices(num_frames, self.key_interval_for(num_frames))
+            i = sampler.start
+            with sdpa_kernels(self.attention_kernels), attention_processors(bb.unet, self.processors(sampler.wave_attention)):
+                for count in sorted({round_up(len(call), self.batch_multiple) for call in sampler.plan(len(keys))}):
+                    # first-key-frame rows: K/V [own; own], the length every call's attention has
+                    sampler.wavefront_call([_Lane(key, latent, latent)] * count, [(0, i, False)] * count, [i] * count)
         frames, still = torch.full((3, 3, *size), 0.5, device=dev), torch.zeros(2, 2, *size, device=dev)
         occluded = torch.zeros(2, 1, *size, device=dev)
         propagate_keyframes(frames, [0, 2], frames[[0, 2]], still, still, occluded, occluded,
@@ -479,9 +572,15 @@ class RerenderEditor(Editor):
 
     # -- inputs
 
-    def key_interval_for(self, task: EditTask) -> int:
+    def key_interval_for(self, num_frames: int) -> int:
         """key_interval clamped to the clip: at most T - 1, so that the first and last frames are keys."""
-        return max(1, min(self.key_interval, task.video.num_frames - 1))
+        return max(1, min(self.key_interval, num_frames - 1))
+
+    def processors(self, source) -> dict[str, InjectedKVAttnProcessor]:
+        """Cross-frame attention's processors (none when it is off), reading K/V from `source`."""
+        if not self.cross_frame_attention:
+            return {}
+        return {n: InjectedKVAttnProcessor(n, source) for n in self_attention_layers(self.backbone.unet, self.attention_layers)}
 
     def _flows(self, task: EditTask) -> dict[str, torch.Tensor]:
         try:
@@ -510,7 +609,7 @@ class RerenderEditor(Editor):
         bb, timer = self.backbone, PhaseTimer(self.backbone.device)
         frames = task.video.frames
         t_count, _, height, width = frames.shape
-        key_interval = self.key_interval_for(task)
+        key_interval = self.key_interval_for(t_count)
         keys = key_frame_indices(t_count, key_interval)
         prompt, negative = self.prompts(task)
         with timer.phase("preprocessing"):
@@ -528,11 +627,7 @@ class RerenderEditor(Editor):
         noise = torch.randn((1, 4, *latent_size), generator=gen).to(bb.device, bb.dtype)
         sampler = _Sampler(self, ddim, text, noise, task.seed)
         wavefront = self.schedule == "wavefront"
-        processors = {}
-        if self.cross_frame_attention:
-            source = sampler.wave_attention if wavefront else sampler.attention
-            processors = {n: InjectedKVAttnProcessor(n, source)
-                          for n in self_attention_layers(bb.unet, self.attention_layers)}
+        processors = self.processors(sampler.wave_attention if wavefront else sampler.attention)
         control = edges.float().expand(-1, 3, -1, -1)
         with timer.phase("sampling"):
             inputs = frames
@@ -598,6 +693,8 @@ class _Sampler:
         self.shape_steps = set(windows["shape_fusion"])
         self.adain_steps = set(windows["color_adain"])
         self.pixel_steps = windows["pixel_fusion"]
+        self.resume_at = self.pixel_steps[0] if self.pixel_steps else None  # where a fused pass resumes its direct one
+        self.fused_begin = None if self.resume_at is None else self.resume_at if editor.reuse_direct_pass else self.start
         self.attention = KeyFrameAttention()
         self.wave_attention = WavefrontAttention(fixed_length=bool(editor.batch_multiple))
         self.first_x0: dict[int, torch.Tensor] = {}
@@ -615,20 +712,34 @@ class _Sampler:
                       mid_block_additional_residual=mid).sample
         return classifier_free_guidance(out, self.ed.guidance_scale)
 
-    def eps_batch(self, lanes: list[_Lane], steps: list[int]) -> list[torch.Tensor]:
-        """Guided noise of several key-frame passes in one UNet+ControlNet call, each at its own step;
-        rows [uncond, cond] per pass, as `eps` lays out one pass."""
-        bb, count = self.bb, len(lanes)
+    def wavefront_call(self, lanes: list[_Lane], rows: list[tuple[int, int, bool]], steps: list[int]) -> list[torch.Tensor]:
+        """Guided noise of several key-frame passes in one UNet+ControlNet call, each at its own step
+        (rows [uncond, cond] per pass, as `eps` lays out one pass); `rows` as `WavefrontAttention.begin_call`.
+
+        Padded with copies of the last pass to a multiple of `batch_multiple` passes (dropped after the
+        call): a few batch shapes instead of one per call size, each costing kernel set-up."""
+        count = len(lanes)
+        pad = round_up(count, self.ed.batch_multiple) - count
+        rows = rows + [rows[-1][:2] + (False,)] * pad
+        lanes, steps = lanes + [lanes[-1]] * pad, steps + [steps[-1]] * pad
+        inputs = [torch.cat([torch.cat([lane.x, lane.x]) for lane in lanes]),
+                  to_device(self.ddim.timesteps[steps], self.bb.device).repeat_interleave(2),
+                  self.text.repeat(len(lanes), 1, 1), torch.cat([lane.key.control for lane in lanes])]
         self.unet_calls += 1
-        x = torch.cat([torch.cat([lane.x, lane.x]) for lane in lanes])
-        t = self.timesteps[torch.tensor(steps, device=self.timesteps.device)].repeat_interleave(2)
-        text = self.text.repeat(count, 1, 1)
-        control = torch.cat([lane.key.control for lane in lanes])
+        if self.ed.sampling_graphs and self.bb.device.type == "cuda":
+            out = self.ed.wavefront_graphs(self, inputs, rows)
+        else:
+            self.wave_attention.begin_call(rows)
+            out = self.forward(*inputs)
+        return [classifier_free_guidance(o, self.ed.guidance_scale) for o in out.split(2)][:count]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+        """ControlNet + UNet on rows x at per-row timesteps t: the UNet's output."""
+        bb = self.bb
         down, mid = bb.controlnet(x, t, encoder_hidden_states=text, controlnet_cond=control,
                                   conditioning_scale=self.ed.control_scale, return_dict=False)
-        out = bb.unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                      mid_block_additional_residual=mid).sample
-        return [classifier_free_guidance(o, self.ed.guidance_scale) for o in out.split(2)]
+        return bb.unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                       mid_block_additional_residual=mid).sample
 
     def alphas(self, i: int) -> tuple[float, float]:
         return self.ddim.alpha(int(self.ddim.timesteps[i])), self.ddim.alpha(self.ddim.prev_t(i))
@@ -703,14 +814,17 @@ class _Sampler:
             outputs.append(out)
         return torch.cat(outputs)
 
+    def plan(self, num_keys: int) -> list[list[Pass]]:
+        """The wavefront's calls for `num_keys` key frames (`wavefront_plan`)."""
+        return wavefront_plan(num_keys, self.start, self.ddim.num_steps, self.fused_begin, self.ed.cross_frame_attention,
+                              self.shape_steps | self.adain_steps, self.ed.sampling_batch_size)
+
     def translate_keys_wavefront(self, keys: list[int], inputs: torch.Tensor, control: torch.Tensor,
                                  key_flows: list[tuple]) -> torch.Tensor:
         """The sequential loop's arithmetic, run as `wavefront_plan` batches it."""
         bb, steps, last = self.bb, self.ddim.num_steps, len(keys) - 1
-        resume_at = self.pixel_steps[0] if self.pixel_steps else None
-        fused_begin = None if resume_at is None else resume_at if self.ed.reuse_direct_pass else self.start
-        plan = wavefront_plan(len(keys), self.start, steps, fused_begin, self.ed.cross_frame_attention,
-                              self.shape_steps | self.adain_steps, self.ed.sampling_batch_size)
+        resume_at, fused_begin = self.resume_at, self.fused_begin
+        plan = self.plan(len(keys))
         starts = [self.key_frame(n, k, inputs, control, key_flows) for n, k in enumerate(keys)]
         lanes = {(n, False): _Lane(key, x, torch.zeros_like(x)) for n, (key, x) in enumerate(starts)}
         outputs: dict[int, torch.Tensor] = {}
@@ -724,11 +838,7 @@ class _Sampler:
                 if n > 0 and not fused and i == resume_at:
                     lane.saved = (lane.x, lane.direction)
                 rows.append((n, i, is_final_pass(n, fused, i, fused_begin) and (n == 0 or n < last)))
-            # Padded with copies of the last pass to a multiple of `batch_multiple` passes (dropped after
-            # the call): a few batch shapes instead of one per call size, each costing kernel set-up.
-            pad = round_up(len(call), self.ed.batch_multiple) - len(call)
-            self.wave_attention.begin_call(rows + [rows[-1][:2] + (False,)] * pad)
-            eps_all = self.eps_batch(batch + [batch[-1]] * pad, [i for _, _, i in call] + [call[-1][2]] * pad)
+            eps_all = self.wavefront_call(batch, rows, [i for _, _, i in call])
             for lane, (n, fused, i), eps in zip(batch, call, eps_all):
                 a_t, a_prev = self.alphas(i)
                 x0 = self.constrain_x0((lane.x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t), i, lane.key)

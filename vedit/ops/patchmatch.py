@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from vedit.ops.cuda_graphs import Captured, capture
+
 
 def guide_features(guides: list[tuple[torch.Tensor, float]], patch_size: int) -> torch.Tensor:
     """Stack weighted guides (B, C_i, H, W) in [0, 1] and unfold them -> (B, H*W, sum C_i * n^2).
@@ -245,14 +247,6 @@ class PatchMatch:
 
 
 @dataclass
-class _Captured:
-    graph: torch.cuda.CUDAGraph
-    matcher: PatchMatch  # kept alive: the graph reads its tensors (bounds, batch index)
-    inputs: list[torch.Tensor]  # the graph reads these: each call copies its own inputs in
-    outputs: tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
 class GraphedSearch:
     """`PatchMatch.run` replayed from CUDA graphs: one captured per distinct call (shapes, settings, rows).
 
@@ -265,7 +259,7 @@ class GraphedSearch:
     """
 
     generator: torch.Generator | None = None
-    captured: dict[tuple, _Captured] = field(default_factory=dict)
+    captured: dict[tuple, Captured] = field(default_factory=dict)
     pool: tuple | None = None
 
     def run(self, matcher: PatchMatch, nnf: torch.Tensor, iterations: int, search_radius: int,
@@ -280,32 +274,22 @@ class GraphedSearch:
         entry = self.captured.get(key)
         if entry is None:
             entry = self.captured[key] = self._capture(matcher, inputs, iterations, search_radius, len(weight))
-        else:
-            for static, value in zip(entry.inputs, inputs):
-                static.copy_(value)
-        entry.graph.replay()
-        return entry.outputs[0].clone(), entry.outputs[1].clone()
+        outputs = entry.replay(inputs)
+        return outputs[0].clone(), outputs[1].clone()
 
     def _capture(self, matcher: PatchMatch, inputs: list[torch.Tensor], iterations: int, search_radius: int,
-                 weighted: int) -> _Captured:
-        static = [t.clone() for t in inputs]
+                 weighted: int) -> Captured:
         graphed = copy.copy(matcher)
-        graphed.target, graphed.source, nnf = static[:3]
-        graphed.split_weight = static[3] if weighted else None
-        graph = torch.cuda.CUDAGraph()
-        if self.generator is not None:  # the default generator is registered by the capture itself
-            graph.register_generator_state(self.generator)
-        stream = torch.cuda.Stream(device=nnf.device)  # capture needs a stream other than the default one
-        stream.wait_stream(torch.cuda.current_stream(nnf.device))
-        with torch.cuda.stream(stream):
-            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
-            try:
-                outputs = graphed.run(nnf, iterations, search_radius, static[3 + weighted:])
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream(nnf.device).wait_stream(stream)
-        self.pool = graph.pool()
-        return _Captured(graph, graphed, static, outputs)
+
+        def search(target, source, nnf, *rest):
+            graphed.target, graphed.source = target, source
+            graphed.split_weight = rest[0] if weighted else None
+            return graphed.run(nnf, iterations, search_radius, list(rest[weighted:]))
+
+        entry = capture(search, inputs, self.pool, self.generator)
+        entry.keep = graphed  # the graph reads its tensors (bounds, batch index)
+        self.pool = entry.graph.pool()
+        return entry
 
 
 def upsample_nnf(nnf: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
