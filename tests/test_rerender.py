@@ -429,10 +429,9 @@ def test_static_kv_serves_what_the_eager_wavefront_attention_serves_and_records_
     eager.features, graphed.features = ({k: dict(v) for k, v in features.items()} for _ in range(2))
     eager.begin_call(rows)
     expected = eager("a", x)
-    static = StaticKV(8, x.device)
-    graphed.static = static
-    graphed("a", torch.zeros_like(x))  # what a capture does: the layer's buffers are made, nothing is filled yet
+    static = StaticKV(8, x.device, {"a": (x.shape, x.dtype)})
     graphed.fill(static, rows)
+    graphed.static = static
     assert torch.equal(graphed("a", x), expected)
     graphed.static = None
     graphed.record(static, rows)

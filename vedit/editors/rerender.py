@@ -259,6 +259,7 @@ class WavefrontAttention:
         self._rows: list[tuple[int, int, bool]] = []
         self.fixed_length = fixed_length
         self.static: StaticKV | None = None  # set while a call is captured into a CUDA graph
+        self.layout: dict[str, tuple[torch.Size, torch.dtype]] | None = None  # when set, each layer's input shape
 
     def begin_call(self, rows: list[tuple[int, int, bool]]) -> None:
         """rows: per row group (key frame position, step, whether to record its features)."""
@@ -267,6 +268,8 @@ class WavefrontAttention:
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if self.static is not None:
             return self.static(name, x)
+        if self.layout is not None:
+            self.layout[name] = (x.shape, x.dtype)
         single = len(self._rows) == 1
         firsts, seconds = [], []
         for j, (n, i, record) in enumerate(self._rows):
@@ -288,7 +291,7 @@ class WavefrontAttention:
         """Before a graph replay: the K/V this call reads, as `__call__` would serve it (fixed length)."""
         static.first_is_own.copy_(torch.tensor([n == 0 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
         static.second_is_first.copy_(torch.tensor([n < 2 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
-        for name, (_, first, second) in static.layers.items():
+        for name, (first, second) in static.buffers.items():
             for j, (n, i, _) in enumerate(rows):
                 if n > 0:
                     first[2 * j: 2 * j + 2].copy_(self.features[(0, i)][name])
@@ -297,25 +300,28 @@ class WavefrontAttention:
 
     def record(self, static: StaticKV, rows: list[tuple[int, int, bool]]) -> None:
         """After a graph replay: keep the features of the rows that record (copies: the next replay overwrites)."""
-        for name, (own, _, _) in static.layers.items():
+        for name, own in static.inputs.items():
             for j, (n, i, keep) in enumerate(rows):
                 if keep:
                     self.features.setdefault((n, i), {})[name] = own[2 * j: 2 * j + 2].clone()
 
 
 class StaticKV:
-    """`WavefrontAttention`'s K/V in a form a CUDA graph can capture: per layer, buffers for the first and
-    previous key frames' features (filled before each replay) and row masks choosing the layer's own
-    input instead; always the fixed length [first; previous]. The same values as the eager path."""
+    """`WavefrontAttention`'s K/V in a form a CUDA graph can capture: per layer (`layout`: its input's shape and
+    dtype), buffers for the first and previous key frames' features (filled before each replay) and row masks
+    choosing the layer's own input instead; always the fixed length [first; previous]. The same values as the
+    eager path. The buffers are made before the capture: made inside it, replays gave wrong frames (H200)."""
 
-    def __init__(self, rows: int, device: torch.device) -> None:
+    def __init__(self, rows: int, device: torch.device, layout: dict[str, tuple[torch.Size, torch.dtype]]) -> None:
         self.first_is_own = torch.zeros(rows, 1, 1, dtype=torch.bool, device=device)
         self.second_is_first = torch.zeros(rows, 1, 1, dtype=torch.bool, device=device)
-        self.layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # (input, first, second)
+        self.buffers = {name: (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                        for name, (shape, dtype) in layout.items()}
+        self.inputs: dict[str, torch.Tensor] = {}  # each layer's input, as the graph writes it
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        _, first, second = self.layers.get(name) or (None, torch.empty_like(x), torch.empty_like(x))
-        self.layers[name] = (x, first, second)
+        first, second = self.buffers[name]
+        self.inputs[name] = x
         first = torch.where(self.first_is_own, x, first)
         return torch.cat([first, torch.where(self.second_is_first, first, second)], dim=1)
 
@@ -324,14 +330,15 @@ class WavefrontGraphs:
     """The wavefront's UNet + ControlNet calls replayed from CUDA graphs (`sampling_graphs`), one per call shape.
 
     A shape's first call in the process runs eagerly: it pays the kernels' first-call set-up, which a capture
-    should not record. Its second call is captured and replayed, later ones replay. Cross-frame attention runs
+    should not record, and notes each attention layer's input shape. Its second call is captured and replayed,
+    later ones replay. Cross-frame attention runs
     in its capturable form (`StaticKV`): the features a call reads are copied into the graph's buffers before
     the replay, the ones it records copied out after. Held by the editor, so the graphs (and their shared
     memory pool) serve every later cell of the process.
     """
 
     def __init__(self) -> None:
-        self.eager: set[tuple] = set()
+        self.layouts: dict[tuple, dict] = {}  # per call shape: its attention layers' input shapes
         self.captured: dict[tuple, Captured] = {}
         self.pool: tuple | None = None
 
@@ -339,13 +346,16 @@ class WavefrontGraphs:
         """`sampler.forward(*inputs)` with `sampler.wave_attention` serving `rows`; the output is the graph's
         own tensor, overwritten by the next replay."""
         attention, key = sampler.wave_attention, tuple((v.shape, v.dtype) for v in inputs)
-        if key not in self.eager:
-            self.eager.add(key)
+        if key not in self.layouts:
             attention.begin_call(rows)
-            return sampler.forward(*inputs)
+            attention.layout = self.layouts[key] = {}
+            try:
+                return sampler.forward(*inputs)
+            finally:
+                attention.layout = None
         entry = self.captured.get(key)
         if entry is None:
-            attention.static = static = StaticKV(inputs[0].shape[0], inputs[0].device)
+            attention.static = static = StaticKV(inputs[0].shape[0], inputs[0].device, self.layouts[key])
             try:
                 entry = self.captured[key] = capture(sampler.forward, inputs, self.pool)
             finally:
