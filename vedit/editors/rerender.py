@@ -44,7 +44,8 @@ Schedules: `sequential` is the loop above, one key frame and one guidance pair p
 UNet+ControlNet call (per-row timesteps and control images): key frame n's step s reads the
 first and previous key frames' step-s features, so its direct pass runs one step behind key
 frame n-1, and its fused pass starts once its direct pass and key frame n-1 are finished (sharing
-calls with key frame n+1's direct pass). `wavefront_plan` lists the calls; see its docstring.
+calls with key frame n+1's direct pass). `wavefront_plan` lists the calls; see its docstring. On CUDA the
+calls are replayed from CUDA graphs, one per call shape (`sampling_graphs`, `WavefrontGraphs`): the same frames.
 
 Non-key frames come from `vedit.ops.propagation.propagate_keyframes` (EbSynth-style guided patch
 synthesis and temporal-aware blending).
@@ -289,8 +290,8 @@ class WavefrontAttention:
 
     def fill(self, static: StaticKV, rows: list[tuple[int, int, bool]]) -> None:
         """Before a graph replay: the K/V this call reads, as `__call__` would serve it (fixed length)."""
-        static.first_is_own.copy_(torch.tensor([n == 0 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
-        static.second_is_first.copy_(torch.tensor([n < 2 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
+        for mask, values in ((static.first_is_own, [n == 0 for n, _, _ in rows]), (static.second_is_first, [n < 2 for n, _, _ in rows])):
+            mask.copy_(to_device(torch.tensor(values).repeat_interleave(2), mask.device).view(-1, 1, 1))
         for name, (first, second) in static.buffers.items():
             for j, (n, i, _) in enumerate(rows):
                 if n > 0:
@@ -331,10 +332,9 @@ class WavefrontGraphs:
 
     A shape's first call in the process runs eagerly: it pays the kernels' first-call set-up, which a capture
     should not record, and notes each attention layer's input shape. Its second call is captured and replayed,
-    later ones replay. Cross-frame attention runs
-    in its capturable form (`StaticKV`): the features a call reads are copied into the graph's buffers before
-    the replay, the ones it records copied out after. Held by the editor, so the graphs (and their shared
-    memory pool) serve every later cell of the process.
+    later ones replay. Cross-frame attention runs in its capturable form (`StaticKV`): the features a call
+    reads are copied into the graph's buffers before the replay, the ones it records copied out after. Held
+    by the editor, so the graphs (and their shared memory pool) serve every later cell of the process.
     """
 
     def __init__(self) -> None:
@@ -499,7 +499,7 @@ class RerenderEditor(Editor):
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
                  sampling_batch_size: int | None = None, batch_multiple: int | None = 2,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
-                 sampling_graphs: bool = False, propagation_batch: int | None = None, propagation_graphs: bool = False,
+                 sampling_graphs: bool = True, propagation_batch: int | None = None, propagation_graphs: bool = False,
                  added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
@@ -517,9 +517,6 @@ class RerenderEditor(Editor):
             raise EditorError(f"rerender: sampling_batch_size={sampling_batch_size} must be >= 1 (or null = no limit)")
         if batch_multiple is not None and int(batch_multiple) < 1:
             raise EditorError(f"rerender: batch_multiple={batch_multiple} must be >= 1 (or null = no padding)")
-        if sampling_graphs and batch_multiple is None:
-            raise EditorError("rerender: sampling_graphs=true needs batch_multiple (a graph per call shape, and cross-frame "
-                              "attention of one K/V length); set batch_multiple: 2 or sampling_graphs: false")
         self.steps, self.guidance_scale, self.x0_strength = steps, guidance_scale, x0_strength
         self.key_interval, self.control, self.canny = int(key_interval), control, (canny_low, canny_high)
         self.control_scale = control_scale
@@ -736,7 +733,7 @@ class _Sampler:
                   to_device(self.ddim.timesteps[steps], self.bb.device).repeat_interleave(2),
                   self.text.repeat(len(lanes), 1, 1), torch.cat([lane.key.control for lane in lanes])]
         self.unet_calls += 1
-        if self.ed.sampling_graphs and self.bb.device.type == "cuda":
+        if self.ed.sampling_graphs and self.ed.batch_multiple and self.bb.device.type == "cuda":
             out = self.ed.wavefront_graphs(self, inputs, rows)
         else:
             self.wave_attention.begin_call(rows)
