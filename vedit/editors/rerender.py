@@ -290,8 +290,8 @@ class WavefrontAttention:
 
     def fill(self, static: StaticKV, rows: list[tuple[int, int, bool]]) -> None:
         """Before a graph replay: the K/V this call reads, as `__call__` would serve it (fixed length)."""
-        for mask, values in ((static.first_is_own, [n == 0 for n, _, _ in rows]), (static.second_is_first, [n < 2 for n, _, _ in rows])):
-            mask.copy_(to_device(torch.tensor(values).repeat_interleave(2), mask.device).view(-1, 1, 1))
+        static.first_is_own.copy_(torch.tensor([n == 0 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
+        static.second_is_first.copy_(torch.tensor([n < 2 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
         for name, (first, second) in static.buffers.items():
             for j, (n, i, _) in enumerate(rows):
                 if n > 0:
