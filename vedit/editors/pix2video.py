@@ -31,6 +31,7 @@ from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attentio
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.depth import normalize_depth
+from vedit.ops.transfer import to_device
 from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
 
@@ -337,7 +338,7 @@ class Pix2VideoEditor(Editor):
         """
         n = len(items)
         padded = items + [items[-1]] * (round_up(n, self.batch_multiple) - n)
-        frame_idx, step_idx = _to_device(torch.tensor(padded, dtype=torch.long).T.contiguous(), self.device)
+        frame_idx, step_idx = to_device(torch.tensor(padded, dtype=torch.long).T.contiguous(), self.device)
         branches = run.embeds.shape[0]
         x_all = run.x[frame_idx]
         run.bank.items = padded
@@ -361,10 +362,3 @@ class Pix2VideoEditor(Editor):
         unet = self.backbone.unet
         sample = torch.cat([x, depth], dim=1).to(self.backbone.dtype)
         return unet(sample, t, encoder_hidden_states=embeds).sample.to(x.dtype)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host -> device copy that does not wait for the GPU (pinned memory, non-blocking)."""
-    if device.type != "cuda":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)

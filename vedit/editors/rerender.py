@@ -68,9 +68,10 @@ from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer, round_up
 from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
                                  self_attention_layers)
-from vedit.ops.cuda_graphs import Captured, capture, to_device
+from vedit.ops.cuda_graphs import Captured, capture
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.propagation import key_chains, propagate_keyframes
+from vedit.ops.transfer import to_device
 from vedit.ops.vae import backbone_fidelity_encode
 from vedit.ops.warp import backward_warp, chain_to_first, pixel_grid, resize_flow
 from vedit.registry import EDITORS

@@ -50,11 +50,3 @@ def capture(fn: Callable[..., Any], inputs: Sequence[torch.Tensor], pool: tuple 
             graph.capture_end()
     torch.cuda.current_stream(device).wait_stream(stream)
     return Captured(graph, static, outputs)
-
-
-def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor copied to `device` without waiting for it (pinned, non-blocking) where it is a GPU: a
-    plain copy would wait for all queued work, and the host could not run ahead of the device."""
-    if device.type != "cuda":
-        return values.to(device)
-    return values.pin_memory().to(device, non_blocking=True)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from vedit.ops.cuda_graphs import Captured, capture
+from vedit.ops.transfer import to_device
 
 
 def guide_features(guides: list[tuple[torch.Tensor, float]], patch_size: int) -> torch.Tensor:
@@ -93,10 +94,7 @@ def principal_axes(scatter: torch.Tensor, dims: int, dtype: torch.dtype, device:
     The F x F eigenproblem is tiny: it is solved on the CPU (float64), where it takes 1-2 ms per matrix;
     GPU eigensolvers spend tens of kernel launches and a sync on it, per call."""
     _, vectors = torch.linalg.eigh(scatter)
-    axes = vectors[..., -dims:].to(dtype)
-    if torch.device(device).type == "cuda":  # copied from pinned memory, the transfer does not wait for the GPU's queue
-        axes = axes.pin_memory()
-    return axes.to(device, non_blocking=True)
+    return to_device(vectors[..., -dims:].to(dtype), device)
 
 
 def clamp_nnf(nnf: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
