@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from vedit.ops.blend import (_gradients, blend_pair, error_aware_weight, histogram_blend, histogram_match, lab_to_rgb,
                              meanstd_blend, poisson_blend, rgb_to_lab, select_temporal, temporal_weight)
 from vedit.ops.patchmatch import (GraphedSearch, Guide, PatchMatch, auto_levels, guided_synthesis, identity_nnf,
-                                  occupancy, patch_errors, project_features, selective_vote, unfold_patches,
-                                  upsample_nnf, vote, vote_candidates)
+                                  occupancy, patch_errors, principal_axes, project_features, selective_vote,
+                                  unfold_patches, upsample_nnf, vote, vote_candidates)
 from vedit.ops.propagation import propagate_keyframes
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -61,6 +61,18 @@ def test_patch_errors_units_and_projection() -> None:
     full, projected = patch_errors(a, b, idx), patch_errors(pa, pb, idx)
     assert (projected <= full * (1 + 1e-4) + 1e-3).all() and projected.mean() > 0.5 * full.mean()
     assert patch_errors(pa, pa, torch.arange(1024)[None]).abs().max() < 1e-2
+
+
+def test_principal_axes_are_the_top_eigenvectors_and_leave_the_thread_count_as_it_was() -> None:
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    eigenvalues = torch.tensor([1.0, 9.0, 2.0, 7.0, 3.0, 5.0], dtype=torch.float64)
+    scatter = (q * eigenvalues) @ q.T
+    threads = torch.get_num_threads()
+    axes = principal_axes(scatter[None], 2, torch.float32, "cpu")[0]
+    assert torch.get_num_threads() == threads
+    # ascending order, as eigh gives them: eigenvalue 7 then 9; each axis up to its sign
+    expected = q[:, [3, 1]].float()
+    torch.testing.assert_close((axes * expected).sum(0).abs(), torch.ones(2), atol=1e-5, rtol=0)
 
 
 def test_patchmatch_clamps_x_to_the_source_width_and_y_to_its_height_and_scores_like_patch_errors() -> None:

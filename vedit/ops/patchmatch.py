@@ -92,8 +92,16 @@ def principal_axes(scatter: torch.Tensor, dims: int, dtype: torch.dtype, device:
     """The top `dims` eigenvectors of scatter matrices (B, F, F) on the CPU -> (B, F, dims) on `device`.
 
     The F x F eigenproblem is tiny: it is solved on the CPU (float64), where it takes 1-2 ms per matrix;
-    GPU eigensolvers spend tens of kernel launches and a sync on it, per call."""
-    _, vectors = torch.linalg.eigh(scatter)
+    GPU eigensolvers spend tens of kernel launches and a sync on it, per call. It runs on one CPU thread: a
+    thread pool costs more than it saves on a problem this small, and its time varies (H200 host, 16 threads,
+    16-frame propagation: eigensolver 0.39-0.81 s and CPU time 12-18 s per propagation, against 0.28-0.31 s
+    and 1.4 s on one thread), and one thread gives the same basis on every machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, vectors = torch.linalg.eigh(scatter)
+    finally:
+        torch.set_num_threads(threads)
     return to_device(vectors[..., -dims:].to(dtype), device)
 
 
