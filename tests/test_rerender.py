@@ -121,7 +121,7 @@ def test_yaml_defaults_are_the_papers():
     signature = inspect.signature(propagate_keyframes).parameters
     runtime = {"source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed",
                "chain_batch", "cuda_graphs"}  # the top-level speed parameters propagation_batch, propagation_graphs
-    assert params["propagation_batch"] is None and params["propagation_graphs"] is False
+    assert params["propagation_batch"] is None and params["propagation_graphs"] is True
     assert set(prop) == set(signature) - runtime
     assert {k: v for k, v in prop.items() if k != "weights"} == \
         {k: signature[k].default for k in prop if k != "weights"}

@@ -25,7 +25,7 @@ CASES = {
     "rerender": ("sd15-controlnet", {"steps": 4, "x0_strength": 1.0, "key_interval": 2},
                  {"schedule": "sequential", "reuse_direct_pass": False, "sampling_batch_size": 1,
                   "batch_multiple": None, "attention_kernels": ["math"], "propagation_batch": 1,
-                  "sampling_graphs": False, "propagation_graphs": True}),
+                  "sampling_graphs": False, "propagation_graphs": False}),
     "tokenflow": ("sd21", {"steps": 3, "batch_size": 3},
                   {"unet_batch": 1, "vae_batch": 1, "attention_kernels": ["math"]}),
     "vidmp3": ("sd15-animatediff", {"steps": 2, "tune_steps": 2, "guide_resolution": 32},

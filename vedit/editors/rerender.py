@@ -291,8 +291,9 @@ class WavefrontAttention:
 
     def fill(self, static: StaticKV, rows: list[tuple[int, int, bool]]) -> None:
         """Before a graph replay: the K/V this call reads, as `__call__` would serve it (fixed length)."""
-        static.first_is_own.copy_(torch.tensor([n == 0 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
-        static.second_is_first.copy_(torch.tensor([n < 2 for n, _, _ in rows]).repeat_interleave(2).view(-1, 1, 1))
+        for mask, values in ((static.first_is_own, [n == 0 for n, _, _ in rows]),
+                             (static.second_is_first, [n < 2 for n, _, _ in rows])):
+            mask.copy_(to_device(torch.tensor(values).repeat_interleave(2).view(-1, 1, 1), mask.device))
         for name, (first, second) in static.buffers.items():
             for j, (n, i, _) in enumerate(rows):
                 if n > 0:
@@ -500,7 +501,7 @@ class RerenderEditor(Editor):
                  reuse_direct_pass: bool = True, propagation: dict | None = None, schedule: str = "wavefront",
                  sampling_batch_size: int | None = None, batch_multiple: int | None = 2,
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
-                 sampling_graphs: bool = True, propagation_batch: int | None = None, propagation_graphs: bool = False,
+                 sampling_graphs: bool = True, propagation_batch: int | None = None, propagation_graphs: bool = True,
                  added_prompt: str = ADDED_PROMPT,
                  negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
         super().__init__(backbone, estimators)
@@ -686,7 +687,8 @@ class RerenderEditor(Editor):
             chains = self.propagation_batch or len(key_chains(keys, frames.shape[0]))
             raise EditorError(f"rerender: propagating {frames.shape[0]} frames of video {task.video.id!r} ran out of "
                               f"GPU memory with {chains} chains per synthesis call; set "
-                              "method.params.propagation_batch to fewer (e.g. 4): the same frames, less memory") from e
+                              "method.params.propagation_batch to fewer (e.g. 4), and "
+                              "method.params.propagation_graphs=false: the same frames, less memory") from e
 
 
 class _Sampler:
