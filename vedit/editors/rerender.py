@@ -882,11 +882,10 @@ class _Sampler:
         if not self.pixel_steps:
             x, _ = self.denoise(x, direction, self.start, key.control, key)
             return bb.decode_latents(x)
-        resume_at = self.pixel_steps[0]
-        direct, saved = self.denoise(x, direction, self.start, key.control, key, save_at=resume_at)
+        direct, saved = self.denoise(x, direction, self.start, key.control, key, save_at=self.resume_at)
         fusion = self.pixel_fusion(key, bb.decode_latents(direct), first_out, prev_out, to_first, to_prev)
         if self.ed.reuse_direct_pass:
-            x, _ = self.denoise(*saved, resume_at, key.control, key, fusion)
+            x, _ = self.denoise(*saved, self.resume_at, key.control, key, fusion)
         else:
             x, _ = self.denoise(x, direction, self.start, key.control, key, fusion)
         return bb.decode_latents(x)
