@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from vedit.data.davis import DavisDataset
 from vedit.data.folder import FolderDataset
@@ -12,6 +13,7 @@ from vedit.data.transforms import Transform
 from vedit.data.videoswap import VideoSwapDataset
 from vedit.ops.warp import backward_warp
 from vedit.registry import DATASETS
+from vedit.untrusted import UntrustedInputError
 from vedit.video import VideoError, write_video
 
 from conftest import SHARED
@@ -100,8 +102,11 @@ def test_davis_bad_root_and_sequence(tmp_path):
 
 @needs_clips
 def test_clips_folder_with_clips_yaml():
-    ds = FolderDataset(CLIPS, prompts="clips.yaml", transform=Transform(size=[64, 64], max_frames=3))
-    assert {"car-turn", "tea-pour", "man-surfing"} <= set(ds.video_ids())
+    with pytest.raises(UntrustedInputError, match="blackswan.*davis-mini"):  # its path leaves the clips folder
+        FolderDataset(CLIPS, prompts="clips.yaml")
+    ds = FolderDataset(CLIPS, prompts="clips.yaml", transform=Transform(size=[64, 64], max_frames=3),
+                       paths_root=CLIPS.parent)
+    assert set(ds.video_ids()) == set(yaml.safe_load((CLIPS / "clips.yaml").read_text())["clips"])
     item = ds.load("car-turn")
     assert item.video.frames.shape == (3, 3, 64, 64) and item.video.fps == 10.0
     assert item.source_prompt == "a jeep car is moving on the road"

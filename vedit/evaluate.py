@@ -5,12 +5,16 @@
 
 Store mode: every finished cell gets the configured metrics; entries already stored for the same
 metric configuration are reused, missing ones are computed from the cell's lossless edited frames
-and the source video (rebuilt from the record's dataset config and checked against its hash).
+and the source video (rebuilt from the record's dataset config and checked against its hash). A store
+is untrusted input: the dataset config only names one of vedit's datasets and its plain arguments
+(never instantiated), and the video must be one of that dataset's.
 
 Folder mode scores edits made elsewhere (the videos V2VBench, TGVE or FiVE collect) under exactly
 the same metrics: each edit is imported into `store_dir` as a cell of method `method_name` and backbone
-kind `external` (its frames stored losslessly as decoded), then scored as in store mode; the
-leaderboard shows them next to vedit's methods. The prompts file (`folder/edits.yaml`):
+kind `external` (its frames and its source's stored losslessly as decoded, so the cell needs nothing
+outside the store), then scored as in store mode; the leaderboard shows them next to vedit's methods.
+Paths in the prompts file are relative to it and stay inside its folder. The prompts file
+(`folder/edits.yaml`):
 
     edits:
       blackswan_duck:                     # edited video <folder>/blackswan_duck.<mp4|mkv|...> or frame folder
@@ -29,10 +33,10 @@ from typing import Any
 
 import hydra
 import yaml
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vedit.data.folder import scan_videos
+from vedit.data.rebuild import dataset_from_config
 from vedit.memory import return_large_frees_to_os
 from vedit.metrics.scoring import attach_metrics
 from vedit.provenance import resolve_device
@@ -44,8 +48,10 @@ from vedit.store import (
     save_frames_lossless,
 )
 from vedit.task import EditTask
+from vedit.untrusted import inside
 from vedit.video import VideoError, read_video
 
+SOURCE = "source.mkv"  # an imported (external) cell's source frames, lossless
 log = logging.getLogger("vedit.evaluate")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -69,16 +75,24 @@ class TaskBuilder:
         self._datasets: dict[str, Any] = {}
 
     def __call__(self, rec: dict) -> EditTask:
-        if rec.get("source_path"):
-            video, side, dataset = read_video(rec["source_path"], rec.get("video")), {}, "external"
+        if rec.get("backbone_kind") == "external":
+            source = Path(rec["_dir"]) / SOURCE
+            if not source.exists():
+                raise EvaluateError(f"cell {rec.get('key')}: no {SOURCE} in {rec['_dir']} (imported by an older "
+                                    "vedit); import the folder again into a new store_dir")
+            video, side, dataset = read_video(source, str(rec.get("video"))), {}, "external"
         else:
             data_cfg = (rec.get("config") or {}).get("data")
             if not data_cfg:
                 raise EvaluateError(f"cell {rec.get('key')}: its record has no dataset config; rerun it with vedit.run")
             blob = json.dumps(data_cfg, sort_keys=True, default=str)
             if blob not in self._datasets:
-                self._datasets[blob] = instantiate(data_cfg)
-            item = self._datasets[blob].load(rec["video"])
+                self._datasets[blob] = dataset_from_config(data_cfg, f"cell {rec.get('key')}: config.data")
+            data = self._datasets[blob]
+            if rec.get("video") not in data.video_ids():
+                raise EvaluateError(f"cell {rec.get('key')}: video {rec.get('video')!r} is not one of its dataset's "
+                                    f"({(rec.get('data') or {}).get('name')} at {getattr(data, 'root', '?')})")
+            item = data.load(rec["video"])
             video, side, dataset = item.video, item.side, (rec.get("data") or {}).get("name", "")
         if rec.get("video_hash") and video.content_hash() != rec["video_hash"]:
             raise EvaluateError(f"cell {rec.get('key')}: the source video {rec.get('video')!r} differs from the one "
@@ -122,10 +136,11 @@ def read_edits(folder: Path, prompts: str) -> dict[str, dict]:
         missing = [k for k in ("source", "target_prompt") if not entry.get(k)]
         if missing:
             raise EvaluateError(f"{file}: edit {vid!r} lacks {', '.join(missing)}")
-        edited = file.parent / entry["edited"] if entry.get("edited") else found.get(str(vid))
+        where = f"{file}: edit {vid!r}"
+        edited = inside(file.parent, entry["edited"], f"{where}: edited") if entry.get("edited") else found.get(str(vid))
         if edited is None or not Path(edited).exists():
-            raise EvaluateError(f"{file}: edit {vid!r}: no edited video {folder}/{vid}.* (or give `edited: path`)")
-        out[str(vid)] = {"edited": Path(edited), "source": file.parent / entry["source"],
+            raise EvaluateError(f"{where}: no edited video {folder}/{vid}.* (or give `edited: path`)")
+        out[str(vid)] = {"edited": Path(edited), "source": inside(file.parent, entry["source"], f"{where}: source"),
                          "source_prompt": entry.get("source_prompt"), "target_prompt": entry["target_prompt"]}
     return out
 
@@ -144,11 +159,15 @@ def import_folder(folder: Path, prompts: str, method: str, store: ResultStore) -
         if store.status(key) == "ok":
             continue
         work = store.new_workdir(key)
-        save_frames_lossless(work / EDITED, edited, fps=source.fps or 10.0)
+        fps = source.fps or 10.0
+        save_frames_lossless(work / EDITED, edited, fps=fps)
+        save_frames_lossless(work / SOURCE, source.pixels, fps=fps)
         store.commit(key, work, {
             **{k: v for k, v in parts.items() if k != "method"}, "method": method, "backbone_kind": "external",
             "status": "ok", "source_path": str(e["source"].resolve()), "edited_path": str(e["edited"].resolve()),
-            "num_frames": int(edited.shape[0]), "outputs": {"frames": EDITED}, "config": {"folder": str(folder)}})
+            "source": source.meta, "fps": {"source": source.fps, "output": fps},
+            "num_frames": int(edited.shape[0]), "outputs": {"frames": EDITED, "source": SOURCE},
+            "config": {"folder": str(folder)}})
     return keys
 
 

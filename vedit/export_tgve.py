@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vedit.data.tgve import CATEGORIES, read_suite
-from vedit.leaderboard import load_records
+from vedit.data.tgve import CATEGORIES, SUBSETS, read_suite
+from vedit.leaderboard import EmptyStoreError, load_records
 from vedit.store import read_edited_frames
-from vedit.video import frames_to_uint8
+from vedit.untrusted import UntrustedInputError, check_written_under, plain_name
+from vedit.video import VideoError, frames_to_uint8
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / "loveu-tgve-2023.yaml"
 
@@ -71,6 +72,17 @@ def write_frames(frames: torch.Tensor, folder: Path, ext: str = "jpg", size: int
         image.save(folder / f"{i:05d}.{ext}", **({"quality": quality} if ext == "jpg" else {}))
 
 
+def submission_folder(out: Path, video: str, category: str) -> Path:
+    """`out/<subset>/<video>/<category>` for a challenge id and category; a stored record is untrusted, so
+    anything else (another subset, `..`, a path) is refused, and the folder must resolve under `out`."""
+    subset, _, name = str(video).partition("/")
+    if subset not in SUBSETS or category not in CATEGORIES:
+        raise UntrustedInputError(f"({subset!r} is not one of {list(SUBSETS)} or {category!r} not one of "
+                                  f"{list(CATEGORIES)})")
+    folder = Path(out) / subset / plain_name(name, "video name") / category
+    return check_written_under(folder, Path(out), "submission folder")
+
+
 def expected_cells(suite: Path) -> dict[tuple[str, str], int]:
     """(video id, category) -> frame count, from the suite file."""
     videos = read_suite(suite)["videos"]
@@ -82,18 +94,20 @@ def export(stores: list[str | Path], out: str | Path, method: str | None = None,
            seed: int | None = None, suite: str | Path = SUITE, ext: str = "jpg", size: int = 480,
            quality: int = 95) -> list[str]:
     """Write the submission folder; returns the problems (suite cells missing or of another length)."""
-    cells = select(load_records([Path(s) for s in stores]), method, backbone, seed)
+    cells = select(load_records([Path(s) for s in stores], strict=True), method, backbone, seed)
     expected = expected_cells(Path(suite))
     problems = []
     for (video, category), record in sorted(cells.items()):
-        if category not in CATEGORIES:
-            problems.append(f"{video} {category}: not a TGVE category, skipped")
+        try:
+            folder = submission_folder(Path(out), video, category)
+        except UntrustedInputError as e:
+            problems.append(f"{video!r} {category!r}: not a TGVE cell {e}, skipped")
             continue
         frames = edited_frames(record)
         want = expected.get((video, category))
         if want is not None and frames.shape[0] != want:
             problems.append(f"{video} {category}: {frames.shape[0]} frames, the suite has {want} (written anyway)")
-        write_frames(frames, Path(out) / video / category, ext, size, quality)
+        write_frames(frames, folder, ext, size, quality)
     problems += [f"{video} {category}: no finished cell" for video, category in sorted(set(expected) - set(cells))]
     return problems
 
@@ -110,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=480)
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
     args = parser.parse_args(argv)
-    problems = export(args.store, args.out, args.method, args.backbone, args.seed, args.suite, args.ext, args.size,
-                      args.quality)
-    total = len(expected_cells(Path(args.suite)))
+    try:
+        total = len(expected_cells(Path(args.suite)))
+        problems = export(args.store, args.out, args.method, args.backbone, args.seed, args.suite, args.ext,
+                          args.size, args.quality)
+    except (EmptyStoreError, VideoError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
     for line in problems:
         print(f"  {line}", file=sys.stderr)
     print(f"wrote {args.out}; {len(problems)} problem(s) against the suite's {total} cells")

@@ -116,7 +116,7 @@ def read_edited_frames(folder: Path, lossy: str = "edited.mp4") -> Any:
 
         from vedit.video import to_uint8
 
-        return to_uint8(torch.load(folder / "frames.pt"))
+        return to_uint8(torch.load(folder / "frames.pt", map_location="cpu", weights_only=True))
     return load_frames_uint8(folder / lossy)
 
 

@@ -130,8 +130,9 @@ def exact_rate(fps: float | Fraction) -> Fraction:
 
 
 def read_video(path: str | Path, video_id: str | None = None, max_frames: int | None = None,
-               transform: Transform | None = None) -> Video:
-    """Read an mp4 (or other container) with PyAV, or a folder of image frames in name order.
+               transform: Transform | None = None, frame_rate: float | None = None) -> Video:
+    """Read an mp4 (or other container) with PyAV, or a folder of image frames in name order, which
+    plays at `frame_rate` (None: unknown, fps 0). `meta["fps"]` is the source's rate and where it came from.
 
     Frames are decoded one at a time; with a `transform` each is cut, cropped and resized as it
     arrives, so memory holds only the output (uint8). A file that decodes to fewer frames than its
@@ -150,9 +151,11 @@ def read_video(path: str | Path, video_id: str | None = None, max_frames: int | 
         if not files:
             raise VideoError(f"video {vid!r}: folder {path} holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
         files = files[:max_frames] if max_frames else files
-        fps, expected, decoded = Fraction(0), len(files), _image_frames(files, vid)
+        fps, expected, decoded = Fraction(frame_rate or 0), len(files), _image_frames(files, vid)
+        meta["fps"] = {"value": float(fps), "from": "data.frame_rate" if frame_rate else "unknown"}
     else:
         container, fps, expected = _open(path, vid)
+        meta["fps"] = {"value": float(fps), "from": "container"}
         decoded = _decoded_frames(container, path, vid, max_frames, errors)
     counter = _Counter(decoded)
     if transform is not None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from vedit.video import Video, read_video
+from vedit.video import Video, VideoError, read_video
 
 if TYPE_CHECKING:
     from vedit.data.prompts import PromptEntry
@@ -24,9 +24,17 @@ class VideoItem:
     side: dict[str, torch.Tensor] = field(default_factory=dict)  # see vedit.task for conventions
 
 
+def check_frame_rate(frame_rate: float) -> float:
+    """The frame rate of frame folders (video files keep their container's), checked positive."""
+    if not isinstance(frame_rate, (int, float)) or isinstance(frame_rate, bool) or not frame_rate > 0:
+        raise VideoError(f"data.frame_rate={frame_rate!r}: the frames per second of frame folders, a number > 0")
+    return float(frame_rate)
+
+
 class Dataset(abc.ABC):
     name: str = "dataset"
     transform: Transform | None = None
+    frame_rate: float | None = None  # frame folders' rate (data.frame_rate); video files keep their own
 
     @abc.abstractmethod
     def video_ids(self) -> list[str]:
@@ -49,7 +57,7 @@ class Dataset(abc.ABC):
 
     def read(self, path: str | Path, video_id: str) -> Video:
         """Decode only the frames the transform keeps, transforming them as they are decoded."""
-        return read_video(path, video_id=video_id, transform=self.transform)
+        return read_video(path, video_id=video_id, transform=self.transform, frame_rate=self.frame_rate)
 
     def item(self, video: Video, entry: PromptEntry | None, side: dict | None = None) -> VideoItem:
         """The VideoItem with the entry's prompts (none when missing), transformed."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vedit.data.base import Dataset, VideoItem
+from vedit.data.base import Dataset, VideoItem, check_frame_rate
 from vedit.data.prompts import load_prompts
 from vedit.data.transforms import Transform
 from vedit.registry import DATASETS
@@ -29,7 +29,7 @@ class DavisDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str = "val", resolution: str = "480p",
                  sequences: list[str] | None = None, prompts: str | Path | dict | None = None,
-                 transform: Transform | None = None) -> None:
+                 transform: Transform | None = None, frame_rate: float = 24.0) -> None:
         self.root, self.split, self.resolution = Path(root), split, resolution
         self.frames_dir = self.root / "JPEGImages" / resolution
         if not self.frames_dir.is_dir():
@@ -38,6 +38,7 @@ class DavisDataset(Dataset):
         self.sequences = list(sequences) if sequences else self._read_split()
         self.prompts = load_prompts(prompts)
         self.transform = transform
+        self.frame_rate = check_frame_rate(frame_rate)
 
     def _read_split(self) -> list[str]:
         file = self.root / "ImageSets" / "2017" / f"{self.split}.txt"
@@ -50,7 +51,7 @@ class DavisDataset(Dataset):
 
     def load(self, video_id: str) -> VideoItem:
         folder = self.frames_dir / video_id
-        if not folder.is_dir():
+        if video_id not in self.sequences or not folder.is_dir():
             raise VideoError(f"DAVIS sequence {video_id!r} is not in {self.frames_dir}")
         video = self.read(folder, video_id)
         masks = read_masks(self.root / "Annotations" / self.resolution / video_id, video)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from vedit.data.base import Dataset, VideoItem
+from vedit.data.base import Dataset, VideoItem, check_frame_rate
 from vedit.data.prompts import load_prompts
 from vedit.data.transforms import Transform
 from vedit.registry import DATASETS
@@ -38,14 +38,17 @@ class FolderDataset(Dataset):
 
     or uses the `clips:` layout, whose `path` entries (relative to the YAML) name the video of each
     id: with them, the folder works as a clips list (e.g. ../shared/data/clips with
-    prompts="clips.yaml"). A missing prompts file is an error naming the path; prompts=null runs
-    without prompts (only methods that need none can edit then).
+    prompts="clips.yaml"); a file a `path` names is that id's video only. `path` entries must stay under
+    `paths_root` (default: the prompts file's folder), since a prompts file is untrusted input. A missing
+    prompts file is an error naming the path; prompts=null runs without prompts (only methods that need
+    none can edit then). Frame folders play at `frame_rate` frames per second (recorded as the source's fps).
     """
 
     name = "folder"
 
     def __init__(self, root: str | Path, prompts: str | Path | None = "prompts.yaml",
-                 transform: Transform | None = None) -> None:
+                 transform: Transform | None = None, paths_root: str | Path | None = None,
+                 frame_rate: float = 10.0) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise VideoError(f"folder dataset root {self.root} is not a folder")
@@ -55,8 +58,9 @@ class FolderDataset(Dataset):
             raise VideoError(f"folder dataset: prompts file {prompt_file} does not exist"
                              + (f" (YAML files there: {', '.join(yamls)})" if yamls else "")
                              + "; fix data.prompts, or set data.prompts=null to run without prompts")
-        self.prompts = load_prompts(prompt_file)
-        self.videos = scan_videos(self.root)
+        self.prompts = load_prompts(prompt_file, paths=True, paths_root=paths_root)
+        named = {e.path.resolve() for e in self.prompts.values() if e.path is not None}
+        self.videos = {vid: p for vid, p in scan_videos(self.root).items() if p.resolve() not in named}
         self.videos.update({vid: e.path for vid, e in self.prompts.items() if e.path is not None})
         if not self.videos:
             raise VideoError(f"folder dataset {self.root} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or "
@@ -66,6 +70,7 @@ class FolderDataset(Dataset):
             log.warning("prompts file %s names videos that are not in %s: %s (known: %s)", prompt_file,
                         self.root, ", ".join(unmatched), ", ".join(sorted(self.videos)))
         self.transform = transform
+        self.frame_rate = check_frame_rate(frame_rate)
 
     def video_ids(self) -> list[str]:
         return sorted(self.videos)

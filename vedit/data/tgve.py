@@ -17,10 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from vedit.data.base import Dataset, VideoItem
+from vedit.data.base import Dataset, VideoItem, check_frame_rate
 from vedit.data.prompts import load_prompts
 from vedit.data.transforms import Transform
 from vedit.registry import DATASETS
+from vedit.untrusted import plain_name
 from vedit.video import IMAGE_SUFFIXES, VideoError
 
 SUBSETS = ("DAVIS_480p", "youtube_480p", "videvo_480p")
@@ -32,7 +33,8 @@ class TGVEDataset(Dataset):
     name = "tgve"
 
     def __init__(self, root: str | Path, prompts: str | Path | None = None, subsets: list[str] | None = None,
-                 videos: list[str] | None = None, transform: Transform | None = None) -> None:
+                 videos: list[str] | None = None, transform: Transform | None = None,
+                 frame_rate: float = 10.0) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise VideoError(f"tgve root {self.root} is not a folder; unzip loveu-tgve-2023.zip and point "
@@ -42,6 +44,7 @@ class TGVEDataset(Dataset):
             raise VideoError(f"tgve subsets={unknown} unknown; choose from {list(SUBSETS)}")
         self.subsets = list(subsets or SUBSETS)
         self.transform = transform
+        self.frame_rate = check_frame_rate(frame_rate)
         self.expected_frames: dict[str, int] = {}
         if prompts is None:
             self.prompts = {}
@@ -100,6 +103,7 @@ class TGVEDataset(Dataset):
 
 
 def read_suite(file: Path) -> dict:
+    """The suite file's contents, its video names checked to be plain names."""
     if not file.exists():
         raise VideoError(f"tgve prompts file {file} does not exist; use benchmarks/suites/loveu-tgve-2023.yaml "
                          "(relative to the repository root) or leave prompts unset")
@@ -107,4 +111,6 @@ def read_suite(file: Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
         raise VideoError(f"tgve prompts file {file}: expected a 'videos' mapping (see "
                          "benchmarks/suites/loveu-tgve-2023.yaml)")
+    for name in data["videos"]:  # a suite is untrusted input: its names become path parts
+        plain_name(name, f"tgve prompts file {file}: video name")
     return data

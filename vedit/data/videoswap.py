@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from vedit.data.base import Dataset, VideoItem
+from vedit.data.base import Dataset, VideoItem, check_frame_rate
 from vedit.data.davis import read_masks
 from vedit.data.prompts import PromptEntry, load_prompts
 from vedit.data.transforms import Transform
@@ -30,7 +30,7 @@ class VideoSwapDataset(Dataset):
     name = "videoswap"
 
     def __init__(self, root: str | Path, prompts: str | Path | None = "prompts.yaml",
-                 transform: Transform | None = None) -> None:
+                 transform: Transform | None = None, frame_rate: float = 10.0) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise VideoError(f"videoswap root {self.root} is not a folder")
@@ -40,6 +40,7 @@ class VideoSwapDataset(Dataset):
         if not self.ids:
             raise VideoError(f"videoswap root {self.root} has no <category>/<video>/frames folders")
         self.transform = transform
+        self.frame_rate = check_frame_rate(frame_rate)
 
     def video_ids(self) -> list[str]:
         return list(self.ids)
