@@ -10,6 +10,7 @@ from vedit.task import EditResult, EditTask
 @EDITORS.register("identity")
 class IdentityEditor(Editor):
     name = "identity"
+    prompts_needed = ()  # copies the source: runs on videos without prompts (data.prompts=null)
 
     def edit(self, task: EditTask) -> EditResult:
         self.check_inputs(task)

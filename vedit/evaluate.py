@@ -35,6 +35,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
+from vedit.cli import exit_on_bad_overrides
 from vedit.data.folder import scan_videos
 from vedit.data.rebuild import dataset_from_config
 from vedit.memory import return_large_frees_to_os
@@ -206,4 +207,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_bad_overrides()
     main()

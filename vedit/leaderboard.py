@@ -33,6 +33,8 @@ _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042]
 COST_COLUMNS = {"seconds_per_frame": "s/frame", "peak_gpu_memory_gb": "peak GB"}
+RESCALED_SUFFIXES = ("_x100", "_255")  # clip_text_x100 = 100 x clip_text: one convention, shown with --all-columns
+FORMATS = {"markdown": "md", "md": "md", "csv": "csv", "html": "html", "latex": "tex", "tex": "tex"}
 GROUP_KEYS = ["benchmark", "backbone", "method", "metric_models"]  # a table row; never pooled across
 METHOD_CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
 
@@ -196,6 +198,19 @@ def group_table(df: pd.DataFrame, directions: dict[str, bool], keys: list[str]) 
     return table
 
 
+def failures_in_their_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """A failed cell has no metric values, so no metric models: count it in every row of its benchmark,
+    backbone and method (each metric configuration of that method), not in a row of its own."""
+    failed = (df["status"] != "ok") & (df["metric_models"] == "-")
+    keys = ["benchmark", "backbone", "method"]
+    models = df[~failed].groupby(keys)["metric_models"].unique()
+    rows = []
+    for _, row in df[failed].iterrows():
+        for label in models.get(tuple(row[k] for k in keys), ["-"]):
+            rows.append({**row.to_dict(), "metric_models": label})
+    return pd.concat([df[~failed], pd.DataFrame(rows, columns=df.columns)], ignore_index=True) if rows else df
+
+
 def leaderboard(records: list[dict], by: Iterable[str] = ()) -> pd.DataFrame:
     """One row per (benchmark, backbone kind, method with hyperparameters, metric models[, *by]):
     n cells, failures, flags, mean and 95% half-width per metric, cost. Metrics absent from a row's
@@ -203,7 +218,7 @@ def leaderboard(records: list[dict], by: Iterable[str] = ()) -> pd.DataFrame:
     df, directions = records_frame([r for r in records if r])
     if df.empty:
         return pd.DataFrame()
-    return group_table(df, directions, GROUP_KEYS + list(by))
+    return group_table(failures_in_their_rows(df), directions, GROUP_KEYS + list(by))
 
 
 PAIR_KEYS = ["benchmark", "backbone", "metric_models", "video", "source_prompt", "target_prompt", "seed"]
@@ -227,6 +242,7 @@ def paired(records: list[dict]) -> pd.DataFrame:
         return pd.DataFrame()
     df = df[df["status"] == "ok"].copy()
     metrics = [c for c in df.columns if _direction(c, directions) is not None]
+    metrics = [c for c in metrics if not is_rescaled(c, metrics)]  # a x100 copy's difference says nothing new
     df[PAIR_KEYS] = df[PAIR_KEYS].astype(str)
     rows = []
     for backbone, g in df.groupby("backbone", sort=True):
@@ -286,11 +302,19 @@ def row_label(method: str, backbone: str, metric_tiny: bool = False, whole_frame
     return f"{method} [{'; '.join(tags)}]" if tags else str(method)
 
 
-def pretty(table: pd.DataFrame) -> pd.DataFrame:
-    """Human table: 'mean ± ci' cells, arrows on metric names, labelled rows, benchmark and metric models."""
+def is_rescaled(column: str, columns: Iterable[str]) -> bool:
+    """Whether `column` is a rescaled copy of another column present (clip_text_x100 of clip_text)."""
+    return any(column.endswith(s) and column[: -len(s)] in set(columns) for s in RESCALED_SUFFIXES)
+
+
+def pretty(table: pd.DataFrame, all_columns: bool = False) -> pd.DataFrame:
+    """Human table: 'mean ± ci' cells, arrows on metric names, labelled rows, benchmark and metric models;
+    one column per convention (rescaled copies such as clip_text_x100 only with `all_columns`)."""
     if table.empty:
         return table
     directions = table.attrs.get("directions", {})
+    if not all_columns:
+        directions = {c: h for c, h in directions.items() if not is_rescaled(c, directions)}
     keys = list(table.index.names)
     idx = table.index.to_frame(index=False)
     out = pd.DataFrame(index=[row_label(m, b, t, w, c) for m, b, t, w, c in zip(
@@ -314,40 +338,38 @@ def _mean_ci_text(mean: float, half: float) -> str:
     return "–" if math.isnan(mean) else (f"{mean:.4g}" if math.isnan(half) else f"{mean:.4g} ± {half:.2g}")
 
 
-def format_table(records: list[dict], fmt: str = "markdown") -> str:
-    table = pretty(leaderboard([r for r in records if r]))
+def format_table(records: list[dict], fmt: str = "markdown", all_columns: bool = False) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: choose from {', '.join(FORMATS)}")
+    table = pretty(leaderboard([r for r in records if r]), all_columns)
     if table.empty:
         return "(no results)"
-    if fmt == "markdown":
-        return table.to_markdown()
-    if fmt == "csv":
-        return table.to_csv()
-    if fmt == "html":
-        return table.to_html()
-    if fmt == "latex":
-        return table.to_latex()
-    raise ValueError(f"format={fmt!r}: choose markdown, csv, html or latex")
+    return {"md": table.to_markdown, "csv": table.to_csv, "html": table.to_html, "tex": table.to_latex}[FORMATS[fmt]]()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vedit.leaderboard", description=__doc__.splitlines()[0])
     parser.add_argument("stores", nargs="+", help="result stores or folders holding record.json files")
     parser.add_argument("--out", default=None, help="folder for leaderboard.{md,csv,html,tex}")
-    parser.add_argument("--formats", default="markdown,csv,html,latex")
+    parser.add_argument("--formats", default="markdown,csv,html,latex", help=f"comma-separated: {', '.join(FORMATS)}")
+    parser.add_argument("--all-columns", action="store_true",
+                        help="also the rescaled copies of metrics (clip_text_x100, warp_error_255)")
     parser.add_argument("--categories", default=None, metavar="METRIC[,METRIC]",
                         help="also a table per metric with a column per prompt category (TGVE), categories_<metric>.*")
     args = parser.parse_args(argv)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if unknown := [f for f in formats if f not in FORMATS]:
+        raise SystemExit(f"error: --formats {unknown[0]!r} unknown; choose from {', '.join(FORMATS)}")
     try:
         records = load_records(args.stores, strict=True)
     except EmptyStoreError as e:
         raise SystemExit(f"error: {e}") from None
-    print(format_table(records))
+    print(format_table(records, all_columns=args.all_columns))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        suffix = {"markdown": "md", "csv": "csv", "html": "html", "latex": "tex"}
-        for fmt in args.formats.split(","):
-            (out / f"leaderboard.{suffix[fmt]}").write_text(format_table(records, fmt))
+        for fmt in formats:
+            (out / f"leaderboard.{FORMATS[fmt]}").write_text(format_table(records, fmt, args.all_columns))
         (out / "paired.md").write_text(format_paired(records))
         (out / "paired.csv").write_text(format_paired(records, "csv"))
         (out / "index.html").write_text(html_page(records, out.resolve()))
@@ -375,6 +397,7 @@ def category_table(records: list[dict], metric: str) -> pd.DataFrame:
     higher = _direction(metric, directions)
     arrow = "" if higher is None else (" ↑" if higher else " ↓")
     rows = {}
+    df = failures_in_their_rows(df)
     several_models = df["metric_models"].nunique() > 1  # a cell scored with two CLIPs is a row per CLIP
     for (backbone, method, models), g in df.groupby(["backbone", "method", "metric_models"], sort=True):
         ok = g[g["status"] == "ok"]

@@ -28,12 +28,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vedit.backbones import BackboneUnavailable, build_backbone
+from vedit.cli import exit_on_bad_overrides
 from vedit.editors.base import PhaseTimer
 from vedit.editors.params import ParamError
 from vedit.errors import EditorError
 from vedit.memory import return_large_frees_to_os
 from vedit.metrics.cost import COST_CONVENTIONS, cost_fields
-from vedit.metrics.scoring import attach_metrics, metric_entry
+from vedit.metrics.scoring import applicable, attach_metrics, metric_entry
 from vedit.provenance import device_name, git_commit, package_versions, resolve_device
 from vedit.registry import EDITORS, METRICS, UnknownNameError
 from vedit.store import (
@@ -159,7 +160,7 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
                               f"(prompt {task.target_prompt!r}); try float32 (backbone.dtype=float32)")
         stored = to_uint8(frames)
         metric_start = time.perf_counter()
-        for metric in metrics:  # computed on the stored (lossless uint8) frames, as a later re-scoring is
+        for metric in applicable(metrics, task)[0]:  # on the stored (lossless uint8) frames, as a re-scoring is
             write_metric_entry(work, metric_entry(metric, stored, task))
         record["metric_seconds"] = time.perf_counter() - metric_start
         fps = task.video.fps or 10.0
@@ -170,6 +171,8 @@ def run_cell(cell: Cell, editor, metrics: list, store: ResultStore, common: dict
             torch.save(frames if frames.dtype == torch.uint8 else frames.half(), work / "frames.pt")
         record.update(
             status="ok", timings=result.timings, num_frames=frames.shape[0],
+            fps={"source": task.video.fps or None, "output": fps,
+                 "from": task.video.meta.get("fps", {}).get("from", "dataset") if task.video.fps else "default"},
             cost=cost_fields(result, frames.shape[0], editor.device), cost_info=COST_CONVENTIONS,
             editor_info=result.info,
             outputs={"edited": "edited.mp4", "side_by_side": "side_by_side.mp4", "frames": EDITED,
@@ -445,4 +448,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_bad_overrides()
     main()

@@ -72,6 +72,7 @@ class Editor:
     # effects, tested in test_speed_params): left out of cell keys and leaderboard labels, kept in records
     SPEED_PARAMS: ClassVar[tuple[str, ...]] = ()
     attention_kernels: list[str] | None = None  # SDPA kernels `edit` allows (vedit.ops.attention.SDPA_KERNELS)
+    prompts_needed: ClassVar[tuple[str, ...]] = ("source_prompt", "target_prompt")  # checked by check_inputs
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> None:
@@ -97,7 +98,7 @@ class Editor:
     def check_inputs(self, task: EditTask) -> None:
         """Raise EditorError naming the input when the task cannot be edited."""
         task.video.check_editable(multiple=8, min_frames=self.min_frames)
-        for arg in ("source_prompt", "target_prompt"):
+        for arg in self.prompts_needed:
             value = getattr(task, arg)
             if not isinstance(value, str) or not value.strip():
                 raise EditorError(

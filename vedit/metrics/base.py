@@ -32,6 +32,7 @@ class Metric(abc.ABC):
     name: str = "metric"
     higher_is_better: bool = True
     convention: str = ""
+    prompts_needed: tuple[str, ...] = ()  # task prompts without which the metric does not apply (skipped)
 
     @abc.abstractmethod
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:

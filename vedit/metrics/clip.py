@@ -49,6 +49,7 @@ class ClipText(ClipMetric):
 
     name = "clip_text"
     higher_is_better = True
+    prompts_needed = ("target_prompt",)
 
     def __init__(self, clip: ClipModel) -> None:
         super().__init__(clip)
@@ -116,6 +117,7 @@ class FrameAccuracy(ClipMetric):
 
     name = "frame_acc"
     higher_is_better = True
+    prompts_needed = ("source_prompt", "target_prompt")
 
     def __init__(self, clip: ClipModel) -> None:
         super().__init__(clip)

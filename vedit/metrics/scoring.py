@@ -28,6 +28,19 @@ def metric_config(metric: Metric, task: EditTask) -> dict:
     return {"metric": metric.name, "class": f"{type(metric).__module__}.{type(metric).__qualname__}"}
 
 
+def applicable(metrics: list, task: EditTask) -> tuple[list, dict[str, str]]:
+    """The metrics that apply to the task, and why the others do not (a prompt they need is missing:
+    a video run without prompts still gets its temporal metrics)."""
+    out, skipped = [], {}
+    for metric in metrics:
+        missing = [p for p in getattr(metric, "prompts_needed", ()) if not (getattr(task, p) or "").strip()]
+        if missing:
+            skipped[metric.name] = f"no {' and no '.join(missing)} for video {task.video.id!r}"
+        else:
+            out.append(metric)
+    return out, skipped
+
+
 def metric_entry(metric: Metric, frames: torch.Tensor, task: EditTask, frames_source: str = "edit") -> dict:
     """Compute one metric on uint8 frames -> its entry (values, direction, convention, config and key,
     models). A plain callable that is not a Metric subclass gets float frames in [0, 1]."""
@@ -64,6 +77,7 @@ def attach_metrics(store: ResultStore, key: str, task: EditTask | None, record: 
         return record
     cell = store.cell_dir(key)
     entries, errors, loaded = [], {}, None
+    metrics, skipped = applicable(metrics, task)
     for metric in metrics:
         try:
             mkey = metric_key(metric_config(metric, task))
@@ -82,4 +96,6 @@ def attach_metrics(store: ResultStore, key: str, task: EditTask | None, record: 
         write_metric_set(cell, [e["metric_key"] for e in entries], out["metric_models"])
     if errors:
         out["metric_errors"] = errors
+    if skipped:
+        out["metrics_skipped"] = skipped
     return out
