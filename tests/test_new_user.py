@@ -131,3 +131,21 @@ def test_evaluate_writes_its_log_under_outputs_not_the_working_directory(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "outputs", "store"]
     assert list((tmp_path / "outputs" / "evaluate").glob("*/evaluate.log"))
     assert not (REPO / "evaluate.log").exists()
+
+
+def test_default_metrics_offline_fail_at_once_and_name_metrics_tiny(tmp_path, monkeypatch):
+    from vedit.metrics.base import MetricError
+    from vedit.metrics.clip_models import load_clip
+    from vedit.run import SetupError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(MetricError, match=r"timm/vit_large_patch14_clip_224.openai.*not in the Hugging Face cache.*"
+                                          r"metrics=tiny"):
+        load_clip("ViT-L-14", "openai")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["backbone=tiny", "method=identity", *SYNTHETIC, "metrics=default",
+                                           f"store_dir={tmp_path / 'store'}", f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(SetupError, match="metrics=tiny"):
+        run(cfg)
+    assert not list((tmp_path / "store").glob("cells/*"))  # nothing ran

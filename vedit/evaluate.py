@@ -194,10 +194,11 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from vedit.leaderboard import format_table
+    from vedit.run import SetupError
 
     try:
         records = evaluate(cfg)
-    except (EvaluateError, VideoError) as e:
+    except (EvaluateError, VideoError, SetupError) as e:
         raise SystemExit(f"error: {e}") from None
     failed = {r["key"]: r["metric_errors"] for r in records if r.get("metric_errors")}
     print(format_table(records))

@@ -33,6 +33,7 @@ from vedit.editors.base import PhaseTimer
 from vedit.editors.params import ParamError
 from vedit.errors import EditorError
 from vedit.memory import return_large_frees_to_os
+from vedit.metrics.base import MetricError
 from vedit.metrics.cost import COST_CONVENTIONS, cost_fields
 from vedit.metrics.scoring import applicable, attach_metrics, metric_entry
 from vedit.provenance import device_name, git_commit, package_versions, resolve_device
@@ -87,7 +88,12 @@ def build_metrics(cfg: DictConfig, estimators, device: torch.device) -> list:
         kwargs: dict[str, Any] = dict(cfg.metrics.get("options", {}).get(name, {}) or {})
         if "clip" in params:
             if clip is None:
-                clip = instantiate(cfg.metrics.clip, device=str(device))
+                try:
+                    clip = instantiate(cfg.metrics.clip, device=str(device))
+                except InstantiationException as e:
+                    if isinstance(e.__cause__, MetricError):
+                        raise SetupError(str(e.__cause__)) from None
+                    raise
             kwargs["clip"] = clip
         if "estimators" in params:
             kwargs["estimators"] = estimators
@@ -286,6 +292,7 @@ def run(cfg: DictConfig) -> RunSummary:
     from vedit.estimators import KeyedDiskCache
 
     estimators = build_estimators(cfg, device)
+    metrics = build_metrics(cfg, estimators, device)  # before the backbone: a missing metric model stops at once
     load_start = time.perf_counter()
     backbone = build_method_backbone(cfg, device)
     load_seconds = time.perf_counter() - load_start
@@ -297,7 +304,6 @@ def run(cfg: DictConfig) -> RunSummary:
     if "latent_cache" in inspect.signature(editor_cls).parameters and cfg.cache_dir:
         params["latent_cache"] = KeyedDiskCache(Path(cfg.cache_dir) / "inversion")
     editor = editor_cls(backbone, estimators, **params)
-    metrics = build_metrics(cfg, estimators, device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     common = {
         "method": method.name, "backbone_kind": backbone_part["kind"], "config": resolved,

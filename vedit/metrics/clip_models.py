@@ -7,6 +7,7 @@ pretrained config names, and takes mean, std, interpolation and resize mode from
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import open_clip
@@ -98,9 +99,12 @@ def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | 
     download; for checking the build).
     """
     args = pretrained_build_args(name, pretrained, quick_gelu)
+    cache = hub_cache()
+    if load_weights:
+        check_cached_offline(name, pretrained, cache)
     try:
         model = open_clip.create_model(name, pretrained=pretrained if load_weights else None, device=device,
-                                       require_pretrained=load_weights, **args)
+                                       require_pretrained=load_weights, cache_dir=cache, **args)
     except Exception as e:  # noqa: BLE001 - open_clip and the hub raise many types when weights are absent
         raise MetricError(
             f"cannot load CLIP {name} ({pretrained}): {e.__class__.__name__}: {e}. open_clip reads weights "
@@ -109,6 +113,30 @@ def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | 
             "network, HF_HUB_OFFLINE=1 skips the hub's retries (~50 s)") from e
     return ClipModel(model, open_clip.get_tokenizer(name), name=f"{name}/{pretrained}", device=device,
                      tiny=not load_weights)
+
+
+def hub_cache() -> str:
+    """The Hugging Face hub cache as the environment names it now (HF_HUB_CACHE, else HF_HOME/hub)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return os.path.expanduser(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
+
+
+def check_cached_offline(name: str, pretrained: str, cache: str) -> None:
+    """With HF_HUB_OFFLINE set, a tag whose weights are not in the hub cache fails at once (instead of
+    after building the model and the hub's retries), naming the ways out."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo = (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("hf_hub", "").strip("/")
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in ("1", "ON", "YES", "TRUE") or not repo:
+        return
+    try:
+        snapshot_download(repo, local_files_only=True, cache_dir=cache)
+    except LocalEntryNotFoundError:
+        raise MetricError(f"CLIP {name} ({pretrained}): its weights ({repo}) are not in the Hugging Face cache "
+                          f"({cache}) and HF_HUB_OFFLINE is set; put them there (HF_HOME), pass a "
+                          "checkpoint path as metrics.clip.pretrained, or run with metrics=tiny (random tiny CLIP: "
+                          "every metric runs, CLIP values are meaningless)") from None
 
 
 def tiny_clip(seed: int = 0, embed_dim: int = 32, image_size: int = 32,
