@@ -82,3 +82,19 @@ def test_demo_experiment_sweeps_the_two_baselines_offline():
     assert cfg.backbone.kind == "tiny" and cfg.metrics.clip._target_.endswith("tiny_clip")
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweeper.params.method == "identity,framewise"
+
+
+@pytest.mark.parametrize("name", ["davis", "folder", "tgve", "videoswap"])
+def test_every_transform_and_dataset_option_is_in_the_data_config(name):
+    """So `data.transform.multiple=32` or `data.frame_rate=25` needs no `+` (and shows its default)."""
+    import dataclasses
+    import inspect
+
+    from vedit.data.rebuild import dataset_targets
+    from vedit.data.transforms import Transform
+    from vedit.registry import DATASETS
+
+    data = composed(f"data={name}").data
+    assert set(data.transform) - {"_target_"} == {f.name for f in dataclasses.fields(Transform)}
+    cls = DATASETS.get(dataset_targets()[data._target_])
+    assert set(data) - {"_target_"} == set(inspect.signature(cls).parameters)
