@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,23 @@ def test_suite_files_have_the_prompt_layout():
     categories = [v["category"] for v in videoswap.values()]
     assert len(videoswap) == 30 and all(categories.count(c) == 10 for c in ("human", "animal", "object"))
     assert all(len(v["customized"]) == len(v["edit_prompts"]) for v in videoswap.values())
+
+
+def test_gpu_slots_put_processes_per_gpu_on_each_gpu(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from vedit.hydra_callbacks import OneGpuPerJob
+
+    config = OmegaConf.create({"store_dir": str(tmp_path / "store"), "hydra": {"job": {"num": 0}}})
+    callback = OneGpuPerJob(devices=4, processes_per_gpu=2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # both restored after the test (the callback sets them)
+    monkeypatch.setenv("VEDIT_GPU_SLOT", "")
+    gpus = []
+    for _ in range(4):  # each call stands for a new process (the slot variable unset): the next free slot
+        monkeypatch.delenv("VEDIT_GPU_SLOT", raising=False)
+        callback.on_job_start(config)
+        gpus.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert gpus == ["0", "0", "1", "1"]
+    monkeypatch.delenv("VEDIT_GPU_SLOT", raising=False)
+    with pytest.raises(RuntimeError, match="all 4 GPU slots"):
+        callback.on_job_start(config)

@@ -14,7 +14,8 @@ log = logging.getLogger("vedit.sweep")
 
 
 class OneGpuPerJob(Callback):
-    """Pin each job process to one of `devices` GPUs through CUDA_VISIBLE_DEVICES.
+    """Pin each job process to a GPU through CUDA_VISIBLE_DEVICES: `devices` process slots, slot k on
+    GPU k // processes_per_gpu (1: one process per GPU; 2: two processes share each GPU).
 
     Runs in the job's process before the task (and before CUDA starts). Launchers such as joblib
     reuse worker processes, so the GPU is chosen per process, not per job number: the first free
@@ -22,8 +23,10 @@ class OneGpuPerJob(Callback):
     process keeps its GPU for every later job it runs.
     """
 
-    def __init__(self, devices: int = 1) -> None:
-        self.devices = int(devices)
+    def __init__(self, devices: int = 1, processes_per_gpu: int = 1) -> None:
+        self.devices, self.per_gpu = int(devices), int(processes_per_gpu)
+        if self.devices < 1 or self.per_gpu < 1:
+            raise ValueError(f"OneGpuPerJob(devices={devices}, processes_per_gpu={processes_per_gpu}): both must be >= 1")
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("VEDIT_GPU_SLOT") is not None:
@@ -33,11 +36,13 @@ class OneGpuPerJob(Callback):
         store = ResultStore(config.store_dir)
         for k in range(self.devices):
             if store.claim(f"gpu.{k}"):
-                os.environ["VEDIT_GPU_SLOT"] = os.environ["CUDA_VISIBLE_DEVICES"] = str(k)
-                log.info("job %s (pid %d) runs on GPU %d", config.hydra.job.num, os.getpid(), k)
+                os.environ["VEDIT_GPU_SLOT"] = str(k)
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(k // self.per_gpu)
+                log.info("job %s (pid %d) runs on GPU %d (slot %d)", config.hydra.job.num, os.getpid(),
+                         k // self.per_gpu, k)
                 return
         raise RuntimeError(f"all {self.devices} GPU slots are taken by live processes; set "
-                           f"hydra.launcher.n_jobs to at most the number of GPUs ({self.devices})")
+                           f"hydra.launcher.n_jobs to at most the number of slots ({self.devices})")
 
 
 class PrintSweepTable(Callback):
