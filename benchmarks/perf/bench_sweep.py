@@ -80,8 +80,8 @@ def main() -> None:
               f"{r['max_metric_diff_vs_reference']} over {r['cells_compared']} cells", flush=True)
         if r["exit"]:
             print(r["stderr_tail"])
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        if args.out:  # after every layout: a run cut short keeps what it measured
+            Path(args.out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
