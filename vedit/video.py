@@ -12,13 +12,23 @@ import logging
 import weakref
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from vedit.data.transforms import Transform
+
+class FrameTransform(Protocol):
+    """What `read_video` needs of a transform (vedit.data.transforms.Transform is one): this low-level
+    module knows nothing of datasets."""
+
+    stride: int
+
+    def frames_needed(self) -> int | None: ...
+
+    def stream(self, frames: Iterable[np.ndarray], video_id: str,
+               expected: int | None = None) -> tuple[torch.Tensor, dict]: ...
+
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif")
@@ -130,7 +140,7 @@ def exact_rate(fps: float | Fraction) -> Fraction:
 
 
 def read_video(path: str | Path, video_id: str | None = None, max_frames: int | None = None,
-               transform: Transform | None = None, frame_rate: float | None = None) -> Video:
+               transform: FrameTransform | None = None, frame_rate: float | None = None) -> Video:
     """Read an mp4 (or other container) with PyAV, or a folder of image frames in name order, which
     plays at `frame_rate` (None: unknown, fps 0). `meta["fps"]` is the source's rate and where it came from.
 
