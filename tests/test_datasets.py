@@ -172,5 +172,10 @@ def test_videoswap_layout(tmp_path):
     assert cat.source_prompt == "a cat" and cat.edit_prompts == ["a dog", "a fox"]  # per-video file wins
     car = ds.load("vehicle/car")
     assert car.source_prompt == "a car" and car.edit_prompts == ["a bus"]
+    suite = tmp_path.parent / f"{tmp_path.name}_suite.yaml"  # a suite file outside root, as suite=videoswap gives
+    suite.write_text("videos:\n  vehicle/car: {source_prompt: a red car, edit_prompts: [a tram]}\n")
+    assert VideoSwapDataset(tmp_path, prompts=str(suite)).load("vehicle/car").edit_prompts == ["a tram"]
+    with pytest.raises(VideoError, match="videoswap prompts file nowhere.yaml"):
+        VideoSwapDataset(tmp_path, prompts="nowhere.yaml")
     with pytest.raises(VideoError, match="no <category>/<video>/frames"):
         VideoSwapDataset(tmp_path / "animal" / "cat" / "frames")

@@ -8,7 +8,8 @@ Accepted layout (ids are "<category>/<video>"):
       <category>/<video>/masks/00000.png ...   optional subject masks, one per frame (non-zero = subject)
       <category>/<video>/prompts.yaml   optional per-video file: {source_prompt: ..., edit_prompts: [...]}
 
-A per-video file wins over the global one.
+A per-video file wins over the global one. `prompts` names the global file: under root, else as given
+(a suite file such as benchmarks/suites/videoswap.yaml); only the default `prompts.yaml` may be absent.
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ class VideoSwapDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise VideoError(f"videoswap root {self.root} is not a folder")
-        global_file = None if prompts is None else self.root / prompts
-        self.prompts = load_prompts(global_file if global_file and global_file.exists() else None)
+        global_file = None
+        if prompts is not None:
+            global_file = self.root / prompts if (self.root / prompts).exists() else Path(prompts)
+            if not global_file.exists():
+                if str(prompts) != "prompts.yaml":
+                    raise VideoError(f"videoswap prompts file {prompts} is neither under {self.root} nor at that "
+                                     "path; fix data.prompts (or null for per-video prompts.yaml files only)")
+                global_file = None
+        self.prompts = load_prompts(global_file)
         self.ids = sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in self.root.glob("*/*/frames") if p.is_dir())
         if not self.ids:
             raise VideoError(f"videoswap root {self.root} has no <category>/<video>/frames folders")
