@@ -86,7 +86,8 @@ def test_clip_image_of_a_static_video_is_one(clip):
 
 
 def test_clip_text_equals_a_hand_computed_cosine(clip):
-    frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # the model's own size
+    # the model's own size, values on the 8-bit grid (frames are scored as 8-bit images)
+    frames = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(0)).float() / 255
     task = make_task(frames, target="a watercolor painting of a fox")
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -280,8 +281,8 @@ def test_clip_preprocessing_follows_the_model_config(clip):
     model.visual.preprocess_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear",
                                    "resize_mode": "shortest"}
     wrapped = type(clip)(model, name="x")
-    frames = torch.full((1, 3, 32, 32), 0.75)
-    torch.testing.assert_close(wrapped.preprocess(frames), torch.ones(1, 3, 32, 32))  # (0.75 - 0.5) / 0.25
+    frames = torch.full((1, 3, 32, 32), 0.8)  # 204 / 255
+    torch.testing.assert_close(wrapped.preprocess(frames), torch.full((1, 3, 32, 32), 1.2))  # (0.8 - 0.5) / 0.25
     assert wrapped.interpolation == "bilinear"
 
 
