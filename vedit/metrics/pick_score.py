@@ -59,16 +59,18 @@ class HFClipScorer:
 def load_pickscore(model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR,
                    device: str | torch.device = "cpu", square: int | None = None) -> HFClipScorer:
     """PickScore from the Hugging Face cache (Hub ids) or local folders (`save_pretrained` layout)."""
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    proc = load_or_explain("PickScore's processor", processor, "pick_score.processor",
-                           lambda: CLIPProcessor.from_pretrained(processor))
+    images = load_or_explain("PickScore's image processor", processor, "pick_score.processor",
+                             lambda: CLIPImageProcessor.from_pretrained(processor))
+    tokenizer = load_or_explain("PickScore's tokenizer", processor, "pick_score.processor",
+                                lambda: CLIPTokenizer.from_pretrained(processor))
     clip = load_or_explain("PickScore", model, "pick_score.model", lambda: CLIPModel.from_pretrained(model))
     try:
-        prep = ImagePreprocess.from_image_processor(proc.image_processor, square=square)
+        prep = ImagePreprocess.from_image_processor(images, square=square)
     except ValueError as e:
         raise MetricError(f"PickScore processor {processor!r}: {e}") from e
-    return HFClipScorer(clip, proc.tokenizer, prep, name=model, device=device)
+    return HFClipScorer(clip, tokenizer, prep, name=model, device=device)
 
 
 def tiny_pickscore(seed: int = 0, device: str | torch.device = "cpu", square: int | None = None) -> HFClipScorer:
