@@ -12,6 +12,8 @@ Frames are (N, 3, H, W) uint8, or float in [0, 1] (rounded to 8 bits first, as a
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,7 +94,13 @@ class ImagePreprocess:
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 or float in [0, 1] -> (N, 3, crop_h, crop_w) float32, normalised."""
         pixels = to_uint8(frames).permute(0, 2, 3, 1).cpu().numpy()
-        out = torch.from_numpy(np.stack([self.image(p) for p in pixels])).permute(0, 3, 1, 2).float().div_(255.0)
+        workers = max(1, min(8, os.cpu_count() or 1, len(pixels)))
+        if workers > 1:  # PIL resizes without the GIL; each frame alone, so the result is the same
+            with ThreadPoolExecutor(workers) as pool:
+                images = list(pool.map(self.image, pixels))
+        else:
+            images = [self.image(p) for p in pixels]
+        out = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (out - mean) / std

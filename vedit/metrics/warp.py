@@ -50,6 +50,10 @@ class FlowMetric(Metric):
     def flow_method(self, task: EditTask) -> str:
         return self.estimators.flow_method_for(task)
 
+    def device(self) -> torch.device:
+        """Where the warping runs: the estimators' device (the GPU when they use one)."""
+        return torch.device(self.estimators.device)
+
     def occlusion_rule(self, task: EditTask) -> str:
         return GT_OCCLUSION if self.flow_method(task) == "gt" and "occ_fwd" in task.side else OCCLUSION_RULE
 
@@ -80,17 +84,18 @@ class FlowMetric(Metric):
         read a piece at a time (`Estimators.iter_flow`)."""
         fwd_dir = direction == "t+1->t"
         flow_key, occ_key = ("flow_fwd", "occ_fwd") if fwd_dir else ("flow_bwd", "occ_bwd")
+        device = self.device()
         for base, flow in self.estimators.iter_flow(task, dtype=torch.float32):
             size = (self.size, self.size) if self.size else tuple(flow[flow_key].shape[-2:])
             for offset in range(0, flow[flow_key].shape[0], self.chunk):
                 piece = slice(offset, offset + self.chunk)
-                vectors = resize_flow(flow[flow_key][piece].float(), size)
+                vectors = resize_flow(flow[flow_key][piece].to(device, torch.float32), size)
                 start = base + offset
-                frames = to_float(edited[start:start + vectors.shape[0] + 1])
+                frames = to_float(edited[start:start + vectors.shape[0] + 1].to(device))
                 if tuple(frames.shape[-2:]) != size:
                     frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
                 frames = frames * scale
-                occ = flow[occ_key][piece].float()
+                occ = flow[occ_key][piece].to(device, torch.float32)
                 if tuple(occ.shape[-2:]) != size:
                     occ = F.interpolate(occ, size=size, mode="nearest")
                 if fwd_dir:
@@ -118,8 +123,8 @@ class WarpError(FlowMetric):
         any (a pair occluded everywhere is skipped; Lai et al.'s code would count it as 0)."""
         sums, counts = [], []
         for frame, warped, valid in self.pairs(edited, task, scale):
-            sums.append((self.per_pair(frame, warped, valid) * valid).double().sum((1, 2, 3)))
-            counts.append(valid.double().sum((1, 2, 3)))
+            sums.append((self.per_pair(frame, warped, valid) * valid).double().sum((1, 2, 3)).cpu())
+            counts.append(valid.double().sum((1, 2, 3)).cpu())
         sums, counts = torch.cat(sums), torch.cat(counts)
         if not (counts > 0).any():
             raise MetricError(f"{self.name}: every pixel of video {task.video.id!r} is occluded; no pixel to compare")
@@ -224,14 +229,14 @@ class MotionAlignment(FlowMetric):
         size = (self.size, self.size) if self.size else tuple(task.video.size)
         pixels = torch.cat([_resized_uint8(c, tuple(task.video.size)) for c in edited.split(self.chunk)])
         edited_video = Video(pixels, fps=task.video.fps, id=f"{task.video.id}/edited")
-        epe = []
+        epe, device = [], self.device()
         # the source flow is cached (the warp metrics read the same); the edit's is estimated forward only
         for (_, ours), (_, theirs) in zip(self.estimators.iter_forward_flow(_without_side(edited_video)),
                                           self.estimators.iter_flow(_without_side(task.video))):
             for offset in range(0, ours.shape[0], self.chunk):
-                a = resize_flow(ours[offset:offset + self.chunk].float(), size)
-                b = resize_flow(theirs["flow_fwd"][offset:offset + self.chunk].float(), size)
-                epe.append((a - b).norm(dim=1).mean((1, 2)))
+                a = resize_flow(ours[offset:offset + self.chunk].to(device, torch.float32), size)
+                b = resize_flow(theirs["flow_fwd"][offset:offset + self.chunk].to(device, torch.float32), size)
+                epe.append((a - b).norm(dim=1).mean((1, 2)).cpu())
         return {self.name: -torch.cat(epe).double().mean().item()}
 
 
