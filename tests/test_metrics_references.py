@@ -333,3 +333,11 @@ def test_presets_follow_their_benchmark():
     for name in ("clip_consistency", "pick_score", "aesthetic_score", "dino_consistency"):
         cls = METRICS.get(name)
         assert isinstance(cls.higher_is_better, bool) and cls.__doc__
+
+
+def test_leaderboard_rows_of_other_preprocessing_are_labelled_apart():
+    frames = smooth_frames(2, 32, 32)
+    task = task_of(frames)
+    default = METRICS.get("clip_text")(tiny_clip()).models(task)["clip"]
+    tgve = METRICS.get("clip_text")(tiny_clip(preprocess="transformers", square=480)).models(task)["clip"]
+    assert default == "tiny-clip-0" and tgve == "tiny-clip-0 (transformers preprocessing, frames 480x480)"

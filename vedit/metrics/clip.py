@@ -37,9 +37,12 @@ class ClipMetric(Metric):
         self.clip = clip
 
     def models(self, task: EditTask) -> dict[str, Any]:
+        # values under another preprocessing are another row of the leaderboard: the label names it
         prep = self.clip.preprocessing
-        label = prep.reference + (f", frames {prep.square}x{prep.square}" if prep.square else "")
-        return {"clip": self.clip.name, "clip_preprocess": label, "clip_tiny": self.clip.tiny}
+        notes = ([] if prep.reference == "open_clip" else [f"{prep.reference} preprocessing"]) + (
+            [f"frames {prep.square}x{prep.square}"] if prep.square else [])
+        name = f"{self.clip.name} ({', '.join(notes)})" if notes else self.clip.name
+        return {"clip": name, "clip_tiny": self.clip.tiny}
 
     def config(self, task: EditTask) -> dict[str, Any]:
         return {**super().config(task), "clip": self.clip.describe()}
