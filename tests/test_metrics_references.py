@@ -341,3 +341,16 @@ def test_leaderboard_rows_of_other_preprocessing_are_labelled_apart():
     default = METRICS.get("clip_text")(tiny_clip()).models(task)["clip"]
     tgve = METRICS.get("clip_text")(tiny_clip(preprocess="transformers", square=480)).models(task)["clip"]
     assert default == "tiny-clip-0" and tgve == "tiny-clip-0 (transformers preprocessing, frames 480x480)"
+
+
+def test_the_kept_features_do_not_keep_the_video_alive():
+    import gc
+    import weakref
+
+    clip = tiny_clip(seed=7)
+    frames = smooth_frames(3, 32, 32)
+    clip.encode_images(frames)
+    ref = weakref.ref(frames)
+    del frames
+    gc.collect()
+    assert ref() is None

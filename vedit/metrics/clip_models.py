@@ -10,6 +10,7 @@ which V2VBench and LOVEU-TGVE load; `preprocess` picks whose image preprocessing
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import open_clip
@@ -56,7 +57,7 @@ class ClipModel:
                                                  square=square)
         except ValueError as e:
             raise MetricError(f"CLIP {name}: {e}") from e
-        self._last: tuple | None = None  # (frames, version, pooled, projected) of the last encoded video
+        self._last: tuple | None = None  # (weakref to frames, version, pooled, projected) of the last video
 
     def describe(self) -> dict:
         """What identifies this model's scores: name (with pretrained tag) and activation."""
@@ -76,7 +77,7 @@ class ClipModel:
     def _features(self, frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(pooled before the projection or None where the tower has no `proj`, projected), unnormalised."""
         last = self._last
-        if last is not None and last[0] is frames and last[1] == frames._version:
+        if last is not None and last[0]() is frames and last[1] == frames._version:
             return last[2], last[3]
         visual = self.model.visual
         proj = getattr(visual, "proj", None)
@@ -95,7 +96,7 @@ class ClipModel:
             else:
                 projected.append(self.model.encode_image(x).float().cpu())
         result = (torch.cat(pooled) if pooled else None, torch.cat(projected))
-        self._last = (frames, frames._version, *result)
+        self._last = (weakref.ref(frames), frames._version, *result)  # never keeps the video alive
         return result
 
     def encode_images(self, frames: torch.Tensor, pooled: bool = False) -> torch.Tensor:
