@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vedit.metrics.base import Metric, frame_chunks
+from vedit.metrics.base import Metric, MetricError, frame_chunks
 from vedit.metrics.clip import consecutive_consistency
 from vedit.metrics.hub import load_or_explain
 from vedit.metrics.preprocess import ImagePreprocess
@@ -48,7 +48,11 @@ def load_dino(model: str = DINO_MODEL, device: str | torch.device = "cpu") -> Di
     proc = load_or_explain("DINOv2's image processor", model, "dino_consistency.model",
                            lambda: BitImageProcessor.from_pretrained(model))
     net = load_or_explain("DINOv2", model, "dino_consistency.model", lambda: Dinov2Model.from_pretrained(model))
-    return DinoEncoder(net, ImagePreprocess.from_image_processor(proc), name=model, device=device)
+    try:
+        prep = ImagePreprocess.from_image_processor(proc)
+    except ValueError as e:
+        raise MetricError(f"DINOv2 image processor {model!r}: {e}") from e
+    return DinoEncoder(net, prep, name=model, device=device)
 
 
 def tiny_dino(seed: int = 0, device: str | torch.device = "cpu") -> DinoEncoder:

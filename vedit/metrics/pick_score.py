@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from vedit.metrics.base import Metric, MetricError, frame_chunks
+from vedit.metrics.clip import _prompt
 from vedit.metrics.hub import load_or_explain
 from vedit.metrics.preprocess import ImagePreprocess
 from vedit.registry import METRICS
@@ -131,8 +132,5 @@ class PickScore(Metric):
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_frames(edited, task)
-        prompt = task.target_prompt
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise MetricError(f"{self.name} needs the target_prompt of video {task.video.id!r}; give it in the "
-                              "dataset's prompts")
+        prompt = _prompt(task, "target_prompt", self.name)
         return {self.name: self.scorer.scores(edited, prompt).double().mean().item()}
