@@ -354,3 +354,56 @@ def test_the_kept_features_do_not_keep_the_video_alive():
     del frames
     gc.collect()
     assert ref() is None
+
+
+def hf_vision_of(clip):
+    """transformers' CLIPVisionModelWithProjection holding the weights of a (tiny) open_clip image tower."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    visual = clip.model.visual
+    sd = visual.state_dict()
+    width, layers = sd["class_embedding"].shape[0], len(visual.transformer.resblocks)
+    config = CLIPVisionConfig(hidden_size=width, intermediate_size=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                              num_hidden_layers=layers, num_attention_heads=visual.transformer.resblocks[0].attn.num_heads,
+                              image_size=clip.image_size[0], patch_size=sd["conv1.weight"].shape[-1],
+                              projection_dim=sd["proj"].shape[1], hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    out = {"vision_model.embeddings.patch_embedding.weight": sd["conv1.weight"],
+           "vision_model.embeddings.class_embedding": sd["class_embedding"],
+           "vision_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+           "visual_projection.weight": sd["proj"].T}
+    for ours, theirs in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
+        for p in ("weight", "bias"):
+            out[f"vision_model.{theirs}.{p}"] = sd[f"{ours}.{p}"]
+    for i in range(layers):
+        a, b = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            q, k, v = sd[f"{a}attn.in_proj_{p}"].chunk(3)
+            out.update({f"{b}self_attn.q_proj.{p}": q, f"{b}self_attn.k_proj.{p}": k, f"{b}self_attn.v_proj.{p}": v,
+                        f"{b}self_attn.out_proj.{p}": sd[f"{a}attn.out_proj.{p}"],
+                        f"{b}layer_norm1.{p}": sd[f"{a}ln_1.{p}"], f"{b}layer_norm2.{p}": sd[f"{a}ln_2.{p}"],
+                        f"{b}mlp.fc1.{p}": sd[f"{a}mlp.c_fc.{p}"], f"{b}mlp.fc2.{p}": sd[f"{a}mlp.c_proj.{p}"]})
+    model = CLIPVisionModelWithProjection(config).eval()
+    missing, unexpected = model.load_state_dict(out, strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
+    return model
+
+
+@pytest.mark.parametrize("size", [(40, 56), (32, 32)])
+def test_v2vbench_and_tgve_features_equal_transformers_clip_on_the_same_weights(size):
+    """V2VBench's clip_consistency.py path (CLIPImageProcessor on PIL frames, CLIPVisionModel.pooler_output)
+    and TGVE's get_image_features, run by transformers on the tiny tower's weights: vedit's features."""
+    clip = tiny_clip(seed=8, embed_dim=16, preprocess="transformers")
+    hf = hf_vision_of(clip)
+    frames = smooth_frames(4, *size, seed=9)
+    proc = CLIPProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pixels = torch.from_numpy(np.concatenate([np.asarray(proc(pil(f), return_tensors="np")["pixel_values"])
+                                              for f in frames]))
+    with torch.no_grad():
+        pooled = hf.vision_model(pixel_values=pixels).pooler_output
+        projected = hf.visual_projection(pooled)
+    torch.testing.assert_close(clip.encode_images(frames, pooled=True), F.normalize(pooled, dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(clip.encode_images(frames), F.normalize(projected, dim=-1), atol=1e-5, rtol=0)
+    p = F.normalize(pooled, dim=-1)
+    v2vbench = np.mean([max(0.0, float(p[t] @ p[t - 1])) for t in range(1, 4)])  # as clip_consistency.py loops
+    out = METRICS.get("clip_consistency")(clip)(frames, task_of(frames))["clip_consistency"]
+    assert out == pytest.approx(v2vbench, abs=1e-5)
