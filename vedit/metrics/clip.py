@@ -62,13 +62,15 @@ class ClipText(ClipMetric):
     def __init__(self, clip: ClipModel) -> None:
         super().__init__(clip)
         self.convention = (f"raw cosine in [-1, 1] (clip_text_x100: x100; clip_text_logit: x exp(logit_scale) "
-                           f"= {self.clip.logit_scale():.4f}), mean over all frames vs the target prompt; {self._model()}")
+                           f"= {self.clip.logit_scale():.4f}), mean over all frames vs the target prompt; "
+                           f"{self._model()}")
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_frames(edited, task)
         text = self.clip.encode_texts([_prompt(task, "target_prompt", self.name)])
         score = (self.clip.encode_images(edited) @ text.T).mean().item()
-        return {self.name: score, f"{self.name}_x100": 100 * score, f"{self.name}_logit": self.clip.logit_scale() * score}
+        return {self.name: score, f"{self.name}_x100": 100 * score,
+                f"{self.name}_logit": self.clip.logit_scale() * score}
 
 
 def consecutive_consistency(emb: torch.Tensor) -> float:

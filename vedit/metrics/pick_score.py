@@ -47,7 +47,8 @@ class HFClipScorer:
         out = []
         for chunk in frame_chunks(frames, self.batch_size):
             x = self.preprocessing(chunk).to(self.device, dtype)
-            out.append(self.model.visual_projection(self.model.vision_model(pixel_values=x).pooler_output).float().cpu())
+            pooled = self.model.vision_model(pixel_values=x).pooler_output
+            out.append(self.model.visual_projection(pooled).float().cpu())
         return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
     def logit_scale(self) -> float:

@@ -181,7 +181,8 @@ class WarpMSE(FlowMetric):
         self.name = name or {(255, 512): "warp_mse", (1, None): "warp_mse_01"}.get(
             (scale, size), f"warp_mse_{scale}_{size or 'native'}")
         self.convention = (f"pixel values 0-{scale}, {self.resolution().replace('native (source)', 'native')}; "
-                           f"MSE over non-occluded pixels of all consecutive pairs pooled, {self.DIRECTIONS[direction]}")
+                           "MSE over non-occluded pixels of all consecutive pairs pooled, "
+                           f"{self.DIRECTIONS[direction]}")
 
     def config(self, task: EditTask) -> dict[str, Any]:
         return {**super().config(task), "scale": self.scale}
