@@ -86,7 +86,8 @@ def test_clip_image_of_a_static_video_is_one(clip):
 
 
 def test_clip_text_equals_a_hand_computed_cosine(clip):
-    frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # the model's own size
+    # the model's own size, values on the 8-bit grid (frames are scored as 8-bit images)
+    frames = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(0)).float() / 255
     task = make_task(frames, target="a watercolor painting of a fox")
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
@@ -280,8 +281,8 @@ def test_clip_preprocessing_follows_the_model_config(clip):
     model.visual.preprocess_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear",
                                    "resize_mode": "shortest"}
     wrapped = type(clip)(model, name="x")
-    frames = torch.full((1, 3, 32, 32), 0.75)
-    torch.testing.assert_close(wrapped.preprocess(frames), torch.ones(1, 3, 32, 32))  # (0.75 - 0.5) / 0.25
+    frames = torch.full((1, 3, 32, 32), 0.8)  # 204 / 255
+    torch.testing.assert_close(wrapped.preprocess(frames), torch.full((1, 3, 32, 32), 1.2))  # (0.8 - 0.5) / 0.25
     assert wrapped.interpolation == "bilinear"
 
 
@@ -292,3 +293,34 @@ def test_warp_error_skips_fully_occluded_pairs_and_fails_when_all_are():
     task.side["occ_fwd"][0] = 1
     with pytest.raises(MetricError, match="occluded"):
         METRICS.get("warp_error_l1")()(frames, task)
+
+
+def test_warp_mse_directions_use_their_own_flow_and_occlusion():
+    # static 0.2 | 0.6 | 0.4: pair 0 differs by 0.4, pair 1 by 0.2. Occlusion marks the right half of
+    # frame 1 hidden in frame 2 (occ_fwd[1]), nothing for the backward direction: warping t+1 to t
+    # (warp_mse_01) skips those 128 pixels, warping t to t+1 (warp_mse, Pix2Video's paper) counts them.
+    frames, task = two_pair_video()
+    task.side["occ_bwd"] = torch.zeros(2, 1, 16, 16)
+    to_prev = WarpMSE(scale=1, size=None, direction="t+1->t")(frames, task)["warp_mse_01"]
+    to_next = WarpMSE(scale=1, size=None)(frames, task)["warp_mse_01"]
+    assert to_prev == pytest.approx((256 * 0.16 + 128 * 0.04) / 384, rel=1e-5)
+    assert to_next == pytest.approx((256 * 0.16 + 256 * 0.04) / 512, rel=1e-5)
+    assert METRICS.get("warp_mse_01")()(frames, task)["warp_mse_01"] == pytest.approx(to_prev, rel=1e-9)
+    assert "flow_bwd" in WarpMSE().convention and "t->t+1" in WarpMSE().config(task)["pairing"]
+    with pytest.raises(MetricError, match="direction"):
+        WarpMSE(direction="sideways")
+
+
+def test_forward_only_flow_is_the_forward_half_of_the_pair_estimate():
+    from torchvision.models.optical_flow import raft_small
+
+    from vedit.estimators.flow import dis_flow, raft_flow
+
+    torch.manual_seed(0)
+    model = raft_small().eval()
+    for size in [(32, 40), (48, 32)]:
+        frames = (torch.rand(4, 3, *size, generator=torch.Generator().manual_seed(size[0])) * 255).to(torch.uint8)
+        both, alone = raft_flow(frames, model, iters=2), raft_flow(frames, model, iters=2, backward=False)
+        assert alone[1] is None
+        torch.testing.assert_close(alone[0], both[0], atol=1e-4, rtol=0)
+        assert dis_flow(frames, backward=False)[1] is None

@@ -120,6 +120,7 @@ LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
     METRICS: {
         "clip_text": "vedit.metrics.clip:ClipText",
         "clip_image": "vedit.metrics.clip:ClipImage",
+        "clip_consistency": "vedit.metrics.clip:ClipConsistency",
         "clip_image_allpairs": "vedit.metrics.clip:ClipImageAllPairs",
         "frame_acc": "vedit.metrics.clip:FrameAccuracy",
         "warp_mse": "vedit.metrics.warp:WarpMSE",
@@ -127,6 +128,9 @@ LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
         "warp_error": "vedit.metrics.warp:WarpError",
         "warp_error_l1": "vedit.metrics.warp:WarpErrorL1",
         "motion_alignment": "vedit.metrics.warp:MotionAlignment",
+        "pick_score": "vedit.metrics.pick_score:PickScore",
+        "aesthetic_score": "vedit.metrics.aesthetic:AestheticScore",
+        "dino_consistency": "vedit.metrics.dino:DinoConsistency",
     },
 }
 for _registry, _entries in LAZY_ENTRIES.items():

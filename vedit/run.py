@@ -97,6 +97,8 @@ def build_metrics(cfg: DictConfig, estimators, device: torch.device) -> list:
             kwargs["clip"] = clip
         if "estimators" in params:
             kwargs["estimators"] = estimators
+        if "device" in params:  # metrics that load their own models (PickScore, DINOv2)
+            kwargs.setdefault("device", str(device))
         metrics.append(cls(**kwargs))
     return metrics
 

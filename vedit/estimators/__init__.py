@@ -78,16 +78,16 @@ class Estimators:
         """flow_fwd, flow_bwd (T-1, 2, H, W) and occ_fwd, occ_bwd (T-1, 1, H, W); see vedit.task.
 
         The pieces of `iter_flow`, put together (an editor that needs every pair at once). Estimated
-        flow is cached on disk as float16 (occlusion as bool): half the memory and disk of float32, at
-        most 1/64 px rounding below 32 px of motion (1/4 px at 256-512 px). Pass dtype=torch.float16 to
-        keep it that way in memory too. Ground truth is returned as the dataset gives it.
+        flow is cached on disk as float32, as the estimator returns it (occlusion as bool): float16
+        rounded up to 1/64 px below 32 px of motion and moved motion_alignment by up to 6.5e-6 px.
+        Ground truth is returned as the dataset gives it.
         """
         if self.flow_method_for(task) == "gt":
             return self._ground_truth_flow(task)
         pieces = [piece for _, piece in self.iter_flow(task, dtype)]
         return {k: torch.cat([piece[k] for piece in pieces]) for k in FLOW_KEYS}
 
-    def iter_flow(self, task: EditTask, dtype: torch.dtype = torch.float16
+    def iter_flow(self, task: EditTask, dtype: torch.dtype = torch.float32
                   ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """(index of the first pair, flow of up to FLOW_PIECE consecutive pairs) through the video.
 
@@ -104,12 +104,12 @@ class Estimators:
             return
         pixels = task.video.pixels
         if method == "dis":
-            params, compute = {"preset": "medium"}, lambda f: dis_flow(f, dtype=torch.float16)
+            params, compute = {"preset": "medium"}, lambda f: dis_flow(f)
         else:
             model = self._raft()
             params = {"model": self.raft_name, "weights": model_fingerprint(model), "iters": self.raft_iters}
-            compute = lambda f: raft_flow(f, model, self.raft_iters, dtype=torch.float16)  # noqa: E731
-        params["storage"] = "float16"
+            compute = lambda f: raft_flow(f, model, self.raft_iters)  # noqa: E731
+        params["storage"] = "float32"
 
         def with_occlusion(frames: torch.Tensor) -> dict[str, torch.Tensor]:
             fwd, bwd = compute(frames)
@@ -127,6 +127,24 @@ class Estimators:
             piece = self._cached(task, f"flow-{method}", {**params, "pairs": [start, stop]},
                                  lambda: with_occlusion(pixels[start:stop + 1]))
             yield start, {k: v.to(dtype) for k, v in piece.items()}
+
+    def iter_forward_flow(self, task: EditTask) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index of the first pair, flow_fwd of up to FLOW_PIECE consecutive pairs), float32, not cached:
+        the forward flow alone (half of `iter_flow`'s estimate, no occlusion), for videos scored once."""
+        if task.video.num_frames < 2:
+            raise EstimatorError(f"video {task.video.id!r} has one frame: optical flow needs at least two")
+        method = self.flow_method_for(task)
+        if method == "gt":
+            for start, piece in self.iter_flow(task):
+                yield start, piece["flow_fwd"]
+            return
+        pixels, pairs = task.video.pixels, task.video.num_frames - 1
+        for start in range(0, pairs, FLOW_PIECE):
+            frames = pixels[start:min(pairs, start + FLOW_PIECE) + 1]
+            if method == "dis":
+                yield start, dis_flow(frames, backward=False)[0]
+            else:
+                yield start, raft_flow(frames, self._raft(), self.raft_iters, backward=False)[0]
 
     def _ground_truth_flow(self, task: EditTask) -> dict[str, torch.Tensor]:
         side = task.side

@@ -42,8 +42,8 @@ class DiskCache:
     def get_or_compute(self, video_hash: str, name: str, params: dict, compute: Callable[[], Any]) -> Any:
         path = self.path(video_hash, name, params)
         if path is not None and path.exists():
-            self.hits += 1
-            return torch.load(path, map_location="cpu", weights_only=True)
+            self.hits += 1  # memory-mapped (private pages): a metric reading a piece pays no copy of it
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         self.misses += 1
         value = compute()
         if path is not None:

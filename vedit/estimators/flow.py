@@ -39,18 +39,21 @@ def _dis_map(fn, n: int, preset: int) -> None:
 
 
 def dis_flow(frames: torch.Tensor, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+             dtype: torch.dtype = torch.float32, backward: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """OpenCV DIS optical flow between consecutive frames -> (flow_fwd, flow_bwd), (T-1, 2, H, W).
 
     Frames are uint8 or float in [0, 1]; pairs on a few threads, results written into `dtype` tensors.
+    `backward=False` skips the backward flow (None).
     """
     t, _, h, w = frames.shape
-    fwd, bwd = torch.empty(t - 1, 2, h, w, dtype=dtype), torch.empty(t - 1, 2, h, w, dtype=dtype)
+    fwd = torch.empty(t - 1, 2, h, w, dtype=dtype)
+    bwd = torch.empty(t - 1, 2, h, w, dtype=dtype) if backward else None
     gray = [_gray(frame) for frame in frames]
 
     def pair(dis, i: int) -> None:
         fwd[i] = torch.from_numpy(dis.calc(gray[i], gray[i + 1], None)).permute(2, 0, 1)
-        bwd[i] = torch.from_numpy(dis.calc(gray[i + 1], gray[i], None)).permute(2, 0, 1)
+        if bwd is not None:
+            bwd[i] = torch.from_numpy(dis.calc(gray[i + 1], gray[i], None)).permute(2, 0, 1)
 
     _dis_map(pair, t - 1, preset)
     return fwd, bwd
@@ -74,24 +77,30 @@ def load_raft(name: str = "raft_large", device: str | torch.device = "cpu") -> t
 
 @torch.no_grad()
 def raft_flow(frames: torch.Tensor, model: torch.nn.Module, iters: int = 12, batch_size: int = 8,
-              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+              dtype: torch.dtype = torch.float32, backward: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RAFT flow between consecutive frames -> (flow_fwd, flow_bwd).
 
     Frames are uint8 or float in [0, 1]. Inputs are replicate-padded to a multiple of 8 and at least
     128 (RAFT's correlation pyramid). `batch_size` pairs at a time (forward and backward in one
     call), written into `dtype` tensors: memory beyond the result does not grow with the length.
+    `backward=False` skips the backward flow (None): half the compute.
     """
     device = next(model.parameters()).device
     t, _, h, w = frames.shape
     pad = (0, max(128, w + (-w) % 8) - w, 0, max(128, h + (-h) % 8) - h)
-    fwd, bwd = torch.empty(t - 1, 2, h, w, dtype=dtype), torch.empty(t - 1, 2, h, w, dtype=dtype)
+    fwd = torch.empty(t - 1, 2, h, w, dtype=dtype)
+    bwd = torch.empty(t - 1, 2, h, w, dtype=dtype) if backward else None
     for i in range(0, t - 1, batch_size):
         chunk = to_float(frames[i:i + batch_size + 1])
         images = F.pad(chunk * 2 - 1, pad, mode="replicate").to(device)
-        a, b = torch.cat([images[:-1], images[1:]]), torch.cat([images[1:], images[:-1]])
+        a, b = images[:-1], images[1:]
+        if backward:
+            a, b = torch.cat([a, b]), torch.cat([b, a])
         flow = model(a, b, num_flow_updates=iters)[-1][..., :h, :w].cpu()
         n = len(chunk) - 1
-        fwd[i:i + n], bwd[i:i + n] = flow[:n], flow[n:]
+        fwd[i:i + n] = flow[:n]
+        if bwd is not None:
+            bwd[i:i + n] = flow[n:]
     return fwd, bwd
 
 

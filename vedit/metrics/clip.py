@@ -1,9 +1,12 @@
 """CLIP metrics by the conventions the benchmarks use (see docs/METRICS.md):
 
-- `clip_text`: mean over frames of cos(frame, target prompt); raw and x100 (`clip_text_x100`,
-  TGVE's and V2VBench's logit-scale score).
-- `clip_image`: frame consistency over the T-1 consecutive pairs, each cosine clamped at 0
-  (Pix2Video's CLIP-Image, Rerender's Tem-Con, V2VBench); raw and x100.
+- `clip_text`: mean over frames of cos(frame, target prompt); raw, x100 (`clip_text_x100`) and
+  x exp(logit_scale) (`clip_text_logit`: transformers' `logits_per_image`, TGVE's and V2VBench's
+  score; exp(logit_scale) is 100 for the OpenAI weights up to their stored precision).
+- `clip_image`: frame consistency over the T-1 consecutive pairs of projected embeddings, each
+  cosine clamped at 0 (Pix2Video's CLIP-Image, Rerender's Tem-Con); raw and x100.
+- `clip_consistency`: V2VBench's frame consistency, the same pairs on the image tower's output
+  before the projection (`CLIPVisionModel.pooler_output`, 1024-d for ViT-L/14).
 - `clip_image_allpairs`: frame consistency over all T(T-1)/2 pairs of distinct frames (TGVE).
 - `frame_acc`: fraction of frames closer to the target than to the source prompt (FateZero, Rerender).
 """
@@ -34,13 +37,19 @@ class ClipMetric(Metric):
         self.clip = clip
 
     def models(self, task: EditTask) -> dict[str, Any]:
-        return {"clip": self.clip.name, "clip_tiny": self.clip.tiny}
+        # values under another preprocessing are another row of the leaderboard: the label names it
+        prep = self.clip.preprocessing
+        notes = ([] if prep.reference == "open_clip" else [f"{prep.reference} preprocessing"]) + (
+            [f"frames {prep.square}x{prep.square}"] if prep.square else [])
+        name = f"{self.clip.name} ({', '.join(notes)})" if notes else self.clip.name
+        return {"clip": name, "clip_tiny": self.clip.tiny}
 
     def config(self, task: EditTask) -> dict[str, Any]:
         return {**super().config(task), "clip": self.clip.describe()}
 
     def _model(self) -> str:
-        return f"{self.clip.name} ({self.clip.describe()['activation']}) at {self.clip.image_size[0]}px"
+        return (f"{self.clip.name} ({self.clip.describe()['activation']}) at {self.clip.image_size[0]}px; "
+                f"{self.clip.preprocessing.label()}")
 
 
 @METRICS.register("clip_text")
@@ -53,14 +62,16 @@ class ClipText(ClipMetric):
 
     def __init__(self, clip: ClipModel) -> None:
         super().__init__(clip)
-        self.convention = (f"raw cosine in [-1, 1] (clip_text_x100: x100), mean over all frames vs the target "
-                           f"prompt; {self._model()} (shortest-side resize + centre crop)")
+        self.convention = (f"raw cosine in [-1, 1] (clip_text_x100: x100; clip_text_logit: x exp(logit_scale) "
+                           f"= {self.clip.logit_scale():.4f}), mean over all frames vs the target prompt; "
+                           f"{self._model()}")
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_frames(edited, task)
         text = self.clip.encode_texts([_prompt(task, "target_prompt", self.name)])
         score = (self.clip.encode_images(edited) @ text.T).mean().item()
-        return {self.name: score, f"{self.name}_x100": 100 * score}
+        return {self.name: score, f"{self.name}_x100": 100 * score,
+                f"{self.name}_logit": self.clip.logit_scale() * score}
 
 
 def consecutive_consistency(emb: torch.Tensor) -> float:
@@ -82,15 +93,29 @@ class ClipImage(ClipMetric):
     name = "clip_image"
     higher_is_better = True
 
+    pooled = False  # features before the projection (V2VBench) instead of the projected embedding
+
     def __init__(self, clip: ClipModel) -> None:
         super().__init__(clip)
-        self.convention = (f"cosine clamped at 0, mean over the T-1 consecutive pairs (t, t+1) (x100: "
-                           f"clip_image_x100); {self._model()}")
+        features = "the image tower's output before the projection" if self.pooled else "projected image embeddings"
+        self.convention = (f"cosine clamped at 0 of {features}, mean over the T-1 consecutive pairs (t, t+1) "
+                           f"(x100: {self.name}_x100); {self._model()}")
+
+    def config(self, task: EditTask) -> dict[str, Any]:
+        return {**super().config(task), "features": "pooled" if self.pooled else "projected"}
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_frames(edited, task, min_frames=2)
-        score = consecutive_consistency(self.clip.encode_images(edited))
+        score = consecutive_consistency(self.clip.encode_images(edited, pooled=self.pooled))
         return {self.name: score, f"{self.name}_x100": 100 * score}
+
+
+@METRICS.register("clip_consistency")
+class ClipConsistency(ClipImage):
+    """V2VBench's frame consistency: `clip_image` on `CLIPVisionModel.pooler_output` (before the projection)."""
+
+    name = "clip_consistency"
+    pooled = True
 
 
 @METRICS.register("clip_image_allpairs")

@@ -3,11 +3,15 @@
 OpenAI's CLIP weights were trained with QuickGELU; open_clip's plain model names build GELU towers
 (and warn "QuickGELU mismatch"). `load_clip` builds each pretrained tag with the activation its
 pretrained config names, and takes mean, std, interpolation and resize mode from that config.
+open_clip's OpenAI ViT-L/14 holds the same weights as transformers' `openai/clip-vit-large-patch14`,
+which V2VBench and LOVEU-TGVE load; `preprocess` picks whose image preprocessing to follow
+(`vedit.metrics.preprocess`) and `square` TGVE's resize of every frame to a square first.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Callable
 
 import open_clip
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vedit.metrics.base import MetricError, frame_chunks
+from vedit.metrics.preprocess import ImagePreprocess
 
 TINY_VOCAB = 49408  # open_clip.tokenize's BPE vocabulary
 OPENAI_PREPROCESS = {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,
@@ -24,52 +29,84 @@ OPENAI_PREPROCESS = {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPE
 class ClipModel:
     """`encode_images(frames)` and `encode_texts(texts)` -> L2-normalised embeddings (N, D) on CPU.
 
-    Images get the model's preprocessing (open_clip's `preprocess_cfg`): resize the shortest side to
-    the input size (antialiased; bicubic for the OpenAI models), centre crop, normalise with the
-    model's mean and std. Frames may be uint8 or float in [0, 1]; they are converted and encoded in
-    chunks of `batch_size`, so long videos need memory for one chunk only.
+    Images get the model's preprocessing (open_clip's `preprocess_cfg`: mean, std, interpolation)
+    done as `preprocess` does it ("open_clip": torchvision's transform; "transformers":
+    CLIPImageProcessor; both resample 8-bit PIL images, see `vedit.metrics.preprocess`), after
+    resizing every frame to `square` x `square` when given (TGVE). Frames may be uint8 or float in
+    [0, 1]; they are encoded in chunks of `batch_size`, so long videos need memory for one chunk only.
+    `encode_images(frames, pooled=True)` gives the image tower's output before the projection
+    (transformers' `CLIPVisionModel.pooler_output`, V2VBench's frame consistency). The features of the
+    last frames tensor are kept, so the metrics of one set encode a video once.
     """
 
     def __init__(self, model: open_clip.model.CLIP, tokenizer: Callable = open_clip.tokenize,
                  name: str = "custom", device: str | torch.device = "cpu", batch_size: int = 32,
-                 tiny: bool = False) -> None:
+                 tiny: bool = False, preprocess: str = "open_clip", square: int | None = None) -> None:
         self.model = model.eval().to(device)
         self.tokenizer, self.name, self.device, self.batch_size = tokenizer, name, torch.device(device), batch_size
         self.tiny = tiny  # random tiny weights: values are meaningless, tables label them
         size = model.visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         cfg = {**OPENAI_PREPROCESS, **(getattr(model.visual, "preprocess_cfg", None) or {})}
-        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
         self.interpolation, self.resize_mode = cfg["interpolation"], cfg["resize_mode"]
-        if self.resize_mode != "shortest":
-            raise MetricError(f"CLIP {name}: resize_mode {self.resize_mode!r} is not supported (only 'shortest')")
+        if self.resize_mode != "shortest" or self.image_size[0] != self.image_size[1]:
+            raise MetricError(f"CLIP {name}: resize_mode {self.resize_mode!r} at {self.image_size} is not supported "
+                              "(only 'shortest' to a square input)")
+        try:
+            self.preprocessing = ImagePreprocess(size=self.image_size[0], crop=self.image_size, mean=cfg["mean"],
+                                                 std=cfg["std"], resample=self.interpolation, reference=preprocess,
+                                                 square=square)
+        except ValueError as e:
+            raise MetricError(f"CLIP {name}: {e}") from e
+        self._last: tuple | None = None  # (weakref to frames, version, pooled, projected) of the last video
 
     def describe(self) -> dict:
         """What identifies this model's scores: name (with pretrained tag) and activation."""
         acts = sorted({type(m).__name__ for m in self.model.modules() if "GELU" in type(m).__name__})
         return {"name": self.name, "activation": "+".join(acts), "image_size": list(self.image_size),
-                "tiny": self.tiny}
+                "tiny": self.tiny, "preprocess": self.preprocessing.describe()}
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) uint8 or float in [0, 1] -> normalised model input."""
-        frames = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
-        h, w = frames.shape[-2:]
-        th, tw = self.image_size
-        scale = max(th / h, tw / w)
-        rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
-        x = F.interpolate(frames, size=(rh, rw), mode=self.interpolation, align_corners=False, antialias=True)
-        top, left = (rh - th) // 2, (rw - tw) // 2
-        x = x[..., top:top + th, left:left + tw].clamp(0, 1)
-        return (x - self.mean) / self.std
+        return self.preprocessing(frames)
+
+    def logit_scale(self) -> float:
+        """exp(logit_scale): the factor transformers' `logits_per_image` applies (100 for OpenAI CLIP)."""
+        return float(self.model.logit_scale.detach().float().exp())
 
     @torch.no_grad()
-    def encode_images(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) uint8 or float in [0, 1] -> (N, D)."""
+    def _features(self, frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(pooled before the projection or None where the tower has no `proj`, projected), unnormalised."""
+        last = self._last
+        if last is not None and last[0]() is frames and last[1] == frames._version:
+            return last[2], last[3]
+        visual = self.model.visual
+        proj = getattr(visual, "proj", None)
         dtype = next(self.model.parameters()).dtype
-        out = [self.model.encode_image(self.preprocess(chunk).to(self.device, dtype)).float().cpu()
-               for chunk in frame_chunks(frames, self.batch_size)]
-        return F.normalize(torch.cat(out), dim=-1)
+        pooled, projected = [], []
+        for chunk in frame_chunks(frames, self.batch_size):
+            x = self.preprocess(chunk).to(self.device, dtype)
+            if isinstance(proj, torch.nn.Parameter):  # one pass gives both: open_clip skips a None proj
+                visual.proj = None
+                try:
+                    out = visual(x)
+                finally:
+                    visual.proj = proj
+                pooled.append(out.float().cpu())
+                projected.append((out @ proj).float().cpu())
+            else:
+                projected.append(self.model.encode_image(x).float().cpu())
+        result = (torch.cat(pooled) if pooled else None, torch.cat(projected))
+        self._last = (weakref.ref(frames), frames._version, *result)  # never keeps the video alive
+        return result
+
+    def encode_images(self, frames: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """(N, 3, H, W) uint8 or float in [0, 1] -> (N, D) projected embeddings, or with `pooled` the
+        image tower's output before the projection (N, width)."""
+        before, after = self._features(frames)
+        if pooled and before is None:
+            raise MetricError(f"CLIP {self.name}: its image tower has no projection to take the features before")
+        return F.normalize(before if pooled else after, dim=-1)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -92,11 +129,12 @@ def pretrained_build_args(name: str, pretrained: str | None, quick_gelu: bool | 
 
 
 def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | torch.device = "cpu",
-              quick_gelu: bool | None = None, load_weights: bool = True) -> ClipModel:
+              quick_gelu: bool | None = None, load_weights: bool = True, preprocess: str = "open_clip",
+              square: int | None = None) -> ClipModel:
     """A real open_clip model; `pretrained` is a tag (weights from the Hugging Face cache) or a file path.
 
     `load_weights=False` builds the same architecture and preprocessing with random weights (no
-    download; for checking the build).
+    download; for checking the build). `preprocess` / `square`: see `ClipModel`.
     """
     args = pretrained_build_args(name, pretrained, quick_gelu)
     cache = hub_cache()
@@ -112,7 +150,7 @@ def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | 
             "cache), or pass a local checkpoint path as `pretrained`, or use tiny_clip() for tests. Without "
             "network, HF_HUB_OFFLINE=1 skips the hub's retries (~50 s)") from e
     return ClipModel(model, open_clip.get_tokenizer(name), name=f"{name}/{pretrained}", device=device,
-                     tiny=not load_weights)
+                     tiny=not load_weights, preprocess=preprocess, square=square)
 
 
 def hub_cache() -> str:
@@ -139,12 +177,13 @@ def check_cached_offline(name: str, pretrained: str, cache: str) -> None:
                           "every metric runs, CLIP values are meaningless)") from None
 
 
-def tiny_clip(seed: int = 0, embed_dim: int = 32, image_size: int = 32,
-              device: str | torch.device = "cpu") -> ClipModel:
+def tiny_clip(seed: int = 0, embed_dim: int = 32, image_size: int = 32, device: str | torch.device = "cpu",
+              preprocess: str = "open_clip", square: int | None = None) -> ClipModel:
     """An open_clip CLIP at tiny sizes with random weights (seeded) and the real tokenizer; no download."""
     vision = open_clip.model.CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=image_size)
     text = open_clip.model.CLIPTextCfg(context_length=77, vocab_size=TINY_VOCAB, width=32, heads=2, layers=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.model.CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
-    return ClipModel(model, open_clip.tokenize, name=f"tiny-clip-{seed}", device=device, tiny=True)
+    return ClipModel(model, open_clip.tokenize, name=f"tiny-clip-{seed}", device=device, tiny=True,
+                     preprocess=preprocess, square=square)

@@ -11,8 +11,9 @@ Named variants, each after its source (docs/METRICS.md compares them with the pa
 - `motion_alignment` (V2VBench): minus the mean end-point error between the flow of the edited
   video and the flow of the source video, both by the same estimator (V2VBench uses GMFlow; vedit
   its own estimator, named in the record).
-- `warp_mse` / `warp_mse_01`: vedit's earlier pooled MSE (all non-occluded pixels of all pairs at
-  once), 0-255 at 512x512 and 0-1 at native resolution; kept for old tables.
+- `warp_mse` / `warp_mse_01`: the pooled MSE (all non-occluded pixels of all pairs at once):
+  `warp_mse` as Pix2Video's paper states its Pixel-MSE (0-255 at 512x512, each edited frame warped
+  to the next), `warp_mse_01` 0-1 at native resolution with edited t+1 warped to t (Rerender's scale).
 
 Every variant names in its config the flow estimator that actually ran (never "auto"), the
 occlusion rule, the resolution and the pairing. Frames may be uint8 or float in [0, 1]; pairs are
@@ -49,6 +50,10 @@ class FlowMetric(Metric):
     def flow_method(self, task: EditTask) -> str:
         return self.estimators.flow_method_for(task)
 
+    def device(self) -> torch.device:
+        """Where the warping runs: the estimators' device (the GPU when they use one)."""
+        return torch.device(self.estimators.device)
+
     def occlusion_rule(self, task: EditTask) -> str:
         return GT_OCCLUSION if self.flow_method(task) == "gt" and "occ_fwd" in task.side else OCCLUSION_RULE
 
@@ -72,23 +77,31 @@ class FlowMetric(Metric):
             raise MetricError(f"{self.name}: {edited.shape[0]} edited frames for the {task.video.num_frames} source "
                               f"frames of video {task.video.id!r}; the metric pairs them frame by frame")
 
-    def pairs(self, edited: torch.Tensor, task: EditTask, scale: float):
-        """Yield (edited[t], edited[t+1] warped to t, valid mask) per chunk of pairs, at the metric's size;
-        the source flow is read a piece at a time (`Estimators.iter_flow`)."""
-        for base, flow in self.estimators.iter_flow(task, dtype=torch.float16):
-            size = (self.size, self.size) if self.size else tuple(flow["flow_fwd"].shape[-2:])
-            for offset in range(0, flow["flow_fwd"].shape[0], self.chunk):
+    def pairs(self, edited: torch.Tensor, task: EditTask, scale: float, direction: str = "t+1->t"):
+        """Yield (target frame, the other frame warped onto it, valid mask) per chunk of pairs, at the
+        metric's size: direction "t+1->t" warps edited[t+1] to t by flow_fwd[t] (valid where occ_fwd is 0),
+        "t->t+1" warps edited[t] to t+1 by flow_bwd[t] (valid where occ_bwd is 0). The source flow is
+        read a piece at a time (`Estimators.iter_flow`)."""
+        fwd_dir = direction == "t+1->t"
+        flow_key, occ_key = ("flow_fwd", "occ_fwd") if fwd_dir else ("flow_bwd", "occ_bwd")
+        device = self.device()
+        for base, flow in self.estimators.iter_flow(task, dtype=torch.float32):
+            size = (self.size, self.size) if self.size else tuple(flow[flow_key].shape[-2:])
+            for offset in range(0, flow[flow_key].shape[0], self.chunk):
                 piece = slice(offset, offset + self.chunk)
-                fwd = resize_flow(flow["flow_fwd"][piece].float(), size)
+                vectors = resize_flow(flow[flow_key][piece].to(device, torch.float32), size)
                 start = base + offset
-                frames = to_float(edited[start:start + fwd.shape[0] + 1])
+                frames = to_float(edited[start:start + vectors.shape[0] + 1].to(device))
                 if tuple(frames.shape[-2:]) != size:
                     frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
                 frames = frames * scale
-                occ = flow["occ_fwd"][piece].float()
+                occ = flow[occ_key][piece].to(device, torch.float32)
                 if tuple(occ.shape[-2:]) != size:
                     occ = F.interpolate(occ, size=size, mode="nearest")
-                yield frames[:-1], backward_warp(frames[1:], fwd), 1.0 - occ
+                if fwd_dir:
+                    yield frames[:-1], backward_warp(frames[1:], vectors), 1.0 - occ
+                else:
+                    yield frames[1:], backward_warp(frames[:-1], vectors), 1.0 - occ
 
 
 @METRICS.register("warp_error")
@@ -110,8 +123,8 @@ class WarpError(FlowMetric):
         any (a pair occluded everywhere is skipped; Lai et al.'s code would count it as 0)."""
         sums, counts = [], []
         for frame, warped, valid in self.pairs(edited, task, scale):
-            sums.append((self.per_pair(frame, warped, valid) * valid).double().sum((1, 2, 3)))
-            counts.append(valid.double().sum((1, 2, 3)))
+            sums.append((self.per_pair(frame, warped, valid) * valid).double().sum((1, 2, 3)).cpu())
+            counts.append(valid.double().sum((1, 2, 3)).cpu())
         sums, counts = torch.cat(sums), torch.cat(counts)
         if not (counts > 0).any():
             raise MetricError(f"{self.name}: every pixel of video {task.video.id!r} is occluded; no pixel to compare")
@@ -152,19 +165,24 @@ class WarpMSE(FlowMetric):
     pixel values in 0-255 (`warp_mse`, 512x512), 1 in 0-1 (`warp_mse_01`, native resolution).
     """
 
-    pairing = "consecutive pairs (t, t+1) of the source flow, all pixels of all pairs pooled"
+    DIRECTIONS = {"t->t+1": "edited[t] warped to t+1 by the source flow_bwd[t] (Pix2Video's paper: each frame "
+                             "warped to the next)",
+                  "t+1->t": "edited[t+1] warped to t by the source flow_fwd[t]"}
 
     def __init__(self, estimators: Estimators | None = None, scale: int = 255, size: int | None = 512,
-                 name: str | None = None, chunk: int = 8) -> None:
+                 name: str | None = None, chunk: int = 8, direction: str = "t->t+1") -> None:
         if scale not in (1, 255):
             raise MetricError(f"warp_mse: scale={scale} must be 255 (pixel values 0-255) or 1 (0-1)")
+        if direction not in self.DIRECTIONS:
+            raise MetricError(f"warp_mse: direction={direction!r} must be one of {', '.join(self.DIRECTIONS)}")
         super().__init__(estimators, size, chunk)
-        self.scale = scale
+        self.scale, self.direction = scale, direction
+        self.pairing = f"consecutive pairs (t, t+1) of the source flow, {direction}, all pixels of all pairs pooled"
         self.name = name or {(255, 512): "warp_mse", (1, None): "warp_mse_01"}.get(
             (scale, size), f"warp_mse_{scale}_{size or 'native'}")
         self.convention = (f"pixel values 0-{scale}, {self.resolution().replace('native (source)', 'native')}; "
-                           "MSE over non-occluded pixels of all consecutive pairs pooled, edited[t+1] warped to t "
-                           "by the source flow_fwd[t]")
+                           "MSE over non-occluded pixels of all consecutive pairs pooled, "
+                           f"{self.DIRECTIONS[direction]}")
 
     def config(self, task: EditTask) -> dict[str, Any]:
         return {**super().config(task), "scale": self.scale}
@@ -172,7 +190,7 @@ class WarpMSE(FlowMetric):
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         self.check_pairs(edited, task)
         total = count = 0.0
-        for frame, warped, valid in self.pairs(edited, task, float(self.scale)):
+        for frame, warped, valid in self.pairs(edited, task, float(self.scale), self.direction):
             total += (((warped - frame) ** 2).mean(1, keepdim=True) * valid).double().sum().item()
             count += valid.double().sum().item()
         if count == 0:
@@ -185,7 +203,7 @@ class WarpMSE01(WarpMSE):
     """`warp_mse` in the 0-1 convention at the native resolution (the name a metrics list can use)."""
 
     def __init__(self, estimators: Estimators | None = None, chunk: int = 8) -> None:
-        super().__init__(estimators, scale=1, size=None, chunk=chunk)
+        super().__init__(estimators, scale=1, size=None, chunk=chunk, direction="t+1->t")
 
 
 @METRICS.register("motion_alignment")
@@ -212,13 +230,14 @@ class MotionAlignment(FlowMetric):
         size = (self.size, self.size) if self.size else tuple(task.video.size)
         pixels = torch.cat([_resized_uint8(c, tuple(task.video.size)) for c in edited.split(self.chunk)])
         edited_video = Video(pixels, fps=task.video.fps, id=f"{task.video.id}/edited")
-        epe = []
-        for (_, ours), (_, theirs) in zip(self.estimators.iter_flow(_without_side(edited_video)),
+        epe, device = [], self.device()
+        # the source flow is cached (the warp metrics read the same); the edit's is estimated forward only
+        for (_, ours), (_, theirs) in zip(self.estimators.iter_forward_flow(_without_side(edited_video)),
                                           self.estimators.iter_flow(_without_side(task.video))):
-            for offset in range(0, ours["flow_fwd"].shape[0], self.chunk):
-                a = resize_flow(ours["flow_fwd"][offset:offset + self.chunk].float(), size)
-                b = resize_flow(theirs["flow_fwd"][offset:offset + self.chunk].float(), size)
-                epe.append((a - b).norm(dim=1).mean((1, 2)))
+            for offset in range(0, ours.shape[0], self.chunk):
+                a = resize_flow(ours[offset:offset + self.chunk].to(device, torch.float32), size)
+                b = resize_flow(theirs["flow_fwd"][offset:offset + self.chunk].to(device, torch.float32), size)
+                epe.append((a - b).norm(dim=1).mean((1, 2)).cpu())
         return {self.name: -torch.cat(epe).double().mean().item()}
 
 
