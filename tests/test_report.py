@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from vedit.report import build, per_frame
 from vedit.report.plots import pareto_front
 from vedit.run import CONF_DIR, run
 from vedit.store import ResultStore
+from vedit.video import frames_to_uint8, write_video
 
 TINY = ["backbone=tiny", "data=synthetic", "metrics=tiny", "data.num_videos=2", "data.num_frames=5",
         "data.size=[32,32]", "prompts_per_video=1", "tracker.trackers=[]"]
@@ -44,13 +46,34 @@ def categories(tmp_path_factory) -> Path:
     for i, (method, category, value) in enumerate(
             (m, c, v + 10 * k + j) for k, m in enumerate(["a", "b"]) for j, c in enumerate(CATEGORIES)
             for v in (20.0, 22.0)):
-        key = f"c{i}"
-        store.commit(key, store.new_workdir(key), {
+        key, work = f"c{i}", store.new_workdir(f"c{i}")
+        if i == 1:  # an edit in a codec browsers do not play (MPEG-4 part 2): the site gets an H.264 copy
+            write_video(work / "side_by_side.mp4", torch.rand(5, 3, 16, 32), fps=8)
+            _write_mpeg4(work / "edited.mp4", torch.rand(5, 3, 16, 16))
+        store.commit(key, work, {
             "method": method, "backbone_kind": "paper", "video": "../../evil" if i == 0 else f"v{i % 2}",
             "source_prompt": "src", "target_prompt": EVIL if i == 0 else f"p{i}", "seed": 0, "data": {"name": "tgve"},
             "status": "ok", "prompt_category": category, "metrics": {"clip_text": value / 100, "clip_text_x100": value}, "metric_info": info,
             "cost": {"seconds_per_frame": 1.0 if method == "a" else 2.0}})
     return store.root
+
+
+def _write_mpeg4(path: Path, frames: torch.Tensor) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[-1], frames.shape[-2], "yuv420p"
+        for img in frames_to_uint8(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _codec(path: Path) -> str:
+    import av
+
+    with av.open(str(path)) as container:
+        return container.streams.video[0].codec_context.name
 
 
 def test_pareto_front_known_answer():
@@ -105,6 +128,9 @@ def test_site_links_stay_relative_and_plots_are_written(store, categories, tmp_p
         assert sum(link.endswith("edited.mp4") for link in links) == 2
         assert sum(link.endswith("record.json") for link in links) == 2
         assert sum(link.endswith(".svg") for link in links) == 2
+    copies = list((out / "media").iterdir())  # the MPEG-4 edit only
+    assert len(copies) == 1 and _codec(copies[0]) == "h264"
+    assert any(f"../media/{copies[0].name}" in _links(p) for p in pages)
     svgs = {p.name: p.read_text() for p in (out / "plots").glob("*.svg")}
     assert any(n.startswith("quality_cost-synthetic") and "Pareto front" in s for n, s in svgs.items())
     bars = [s for n, s in svgs.items() if n.startswith("categories-clip_text_x100-tgve")]
@@ -189,11 +215,13 @@ def test_site_in_a_real_browser(store, categories, tmp_path, monkeypatch):
         assert browser.execute_script(VISIBLE + ".map(r => r.dataset.method)") == ["identity"]
         browser.save_screenshot(str(shots / "index.png"))
 
-        for page in sorted((out / "videos").glob("synthetic*.html")):
+        pages = [p for p in sorted((out / "videos").glob("*.html")) if "<video" in p.read_text()]
+        assert len(pages) == 3  # synthetic_000, synthetic_001, and v1 with the re-encoded MPEG-4 edit
+        for page in pages:
             browser.get(page.as_uri())
             states = _wait(browser, "const v = Array.from(document.querySelectorAll('video'));"
                                     "return v.every(x => x.readyState >= 2) && v.map(x => x.readyState);")
-            assert states and len(states) == 3, browser.execute_script(
+            assert states and len(states) == page.read_text().count("<video"), browser.execute_script(
                 "return Array.from(document.querySelectorAll('video')).map(x => [x.src, x.readyState, x.error])")
             duration = browser.execute_script("return document.querySelector('video').duration")
             assert duration > 0.3
@@ -216,4 +244,4 @@ def test_site_in_a_real_browser(store, categories, tmp_path, monkeypatch):
             browser.save_screenshot(str(shots / f"{page.stem}.png"))
     finally:
         browser.quit()
-    assert all(p.stat().st_size > 1000 for p in shots.glob("*.png")) and len(list(shots.glob("*.png"))) == 3
+    assert all(p.stat().st_size > 1000 for p in shots.glob("*.png")) and len(list(shots.glob("*.png"))) == 4

@@ -59,8 +59,12 @@ function initPlayer(bar) {
   const curves = Array.from(document.querySelectorAll(".curves"));
   if (!videos.length) { bar.classList.add("hidden"); return; }
   const duration = () => Math.max(0, ...videos.map((v) => (isFinite(v.duration) ? v.duration : 0)));
+  // Seeks made here are remembered per video (v.syncTarget), so that their late `seeked` events are
+  // told apart from a seek of one video by the user, which the others then follow.
   const seekAll = (t, except, tolerance = 0.04) => videos.forEach((v) => {
-    if (v !== except && Math.abs(v.currentTime - t) > tolerance) v.currentTime = Math.min(t, v.duration || t);
+    if (v === except || Math.abs(v.currentTime - t) <= tolerance) return;
+    v.syncTarget = Math.min(t, v.duration || t);
+    v.currentTime = v.syncTarget;
   });
   const show = (t) => {
     const d = duration();
@@ -88,7 +92,12 @@ function initPlayer(bar) {
   });
   seek.addEventListener("input", () => seekAll(Number(seek.value)));
   videos.forEach((v) => {
-    v.addEventListener("seeked", () => { if (!playing) seekAll(v.currentTime, v); show(v.currentTime); });
+    v.addEventListener("seeked", () => {
+      const ours = v.syncTarget !== undefined && Math.abs(v.currentTime - v.syncTarget) < 0.01;
+      v.syncTarget = undefined;
+      if (!ours && !playing) seekAll(v.currentTime, v);
+      show(v.currentTime);
+    });
     v.addEventListener("loadedmetadata", () => show(videos[0].currentTime));
   });
   videos[0].addEventListener("timeupdate", () => {
