@@ -245,3 +245,29 @@ def test_site_in_a_real_browser(store, categories, tmp_path, monkeypatch):
     finally:
         browser.quit()
     assert all(p.stat().st_size > 1000 for p in shots.glob("*.png")) and len(list(shots.glob("*.png"))) == 4
+
+
+def test_wandb_sweep_table_has_the_source_and_a_video_column_per_method(store, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    from omegaconf import OmegaConf
+
+    from vedit.leaderboard import load_records
+    from vedit.tracking.wandb import log_sweep_grids, read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": "sweep-7"}}, "tracker": {"trackers": [
+        {"_target_": "vedit.tracking.jsonl.JsonlTracker"},
+        {"_target_": "vedit.tracking.wandb.WandbTracker", "project": "vedit-test", "group": "${hydra:sweep.dir}",
+         "mode": "offline", "dir": str(tmp_path)}]}})
+    (table,) = log_sweep_grids(config, load_records([store]))  # the jsonl tracker logs none
+    methods = ["framewise (steps=2) [tiny]", "identity [tiny]"]
+    assert table.columns[-3:] == ["source", *methods]
+    assert len(table.data) == 2  # 2 videos x 1 prompt x 1 seed
+    assert all(isinstance(v, wandb.Video) for row in table.data for v in row[-3:])
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    deadline = time.time() + 30
+    while not (logged := read_offline_run(next(folder.glob("run-*.wandb"))))["finished"] and time.time() < deadline:
+        time.sleep(0.2)  # wandb's service process may still be flushing the file
+    assert logged["group"] == "sweep-7"
+    assert [r["grid/_type"] for r in logged["history"] if "grid/_type" in r] == ["table-file"]

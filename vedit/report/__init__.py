@@ -275,30 +275,52 @@ def _cell(site: Site, record: dict, page_dir: Path, plot_dir: Path) -> dict:
     return cell
 
 
+@dataclass
+class GridRow:
+    source_prompt: str
+    target_prompt: str
+    seed: str
+    category: str
+    cells: dict[str, dict] = field(default_factory=dict)  # column (method [backbone]) -> record
+
+
+def grid(records: list[dict]) -> dict[tuple[str, str], tuple[list[str], list[GridRow]]]:
+    """Per (benchmark, video): the method columns and a row per (prompts, seed) holding each column's
+    record; the report's video pages and the wandb sweep table."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record, benchmark in zip(records, _benchmarks(records)):
+        groups.setdefault((benchmark, str(record.get("video"))), []).append(record)
+    out = {}
+    for key, members in sorted(groups.items()):
+        rows: dict[tuple, GridRow] = {}
+        for r in sorted(members, key=lambda r: (str(r.get("target_prompt")), str(r.get("seed")))):
+            prompts = (str(r.get("source_prompt")), str(r.get("target_prompt")), str(r.get("seed")))
+            row = rows.setdefault(prompts, GridRow(*prompts, str(r.get("category", r.get("prompt_category")) or "")))
+            row.cells.setdefault(_column(r), r)
+        out[key] = (sorted({_column(r) for r in members}), list(rows.values()))
+    return out
+
+
+def source_video(records: list[dict]) -> Path | None:
+    """The first finished cell's side_by_side.mp4 (its left half is the source as the method saw it)."""
+    return next((p for r in records if r.get("status") == "ok"
+                 and (p := Path(r["_dir"]) / "side_by_side.mp4").is_file()), None)
+
+
 def video_pages(site: Site, env) -> list[dict]:
     """A page per (benchmark, video): a row per (prompts, seed), a column per method; the source first."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for record, benchmark in zip(site.records, _benchmarks(site.records)):
-        groups.setdefault((benchmark, str(record.get("video"))), []).append(record)
     pages = []
-    plot_dir = site.out / "videos" / "curves"
+    page_dir, plot_dir = site.out / "videos", site.out / "videos" / "curves"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    for (benchmark, video), records in sorted(groups.items()):
+    for (benchmark, video), (columns, rows) in grid(site.records).items():
         name = f"{slug(f'{benchmark} {video}')}.html"
-        page_dir = site.out / "videos"
-        columns = sorted({_column(r) for r in records})
-        rows: dict[tuple, dict] = {}
-        source = None
-        for r in sorted(records, key=lambda r: (str(r.get("target_prompt")), str(r.get("seed")))):
-            key = (str(r.get("source_prompt")), str(r.get("target_prompt")), str(r.get("seed")))
-            row = rows.setdefault(key, {"source_prompt": key[0], "target_prompt": key[1], "seed": key[2],
-                                        "category": r.get("category", r.get("prompt_category")) or "",
-                                        "cells": {}})
-            row["cells"].setdefault(_column(r), _cell(site, r, page_dir, plot_dir))
-            if source is None and r.get("status") == "ok":
-                source = _video_file(site, Path(r["_dir"]), "side_by_side.mp4")
+        records = [r for row in rows for r in row.cells.values()]
+        found = source_video(records)
+        source = _video_file(site, found.parent, found.name) if found else None
+        cells = [{**vars(row), "cells": {c: _cell(site, r, page_dir, plot_dir) for c, r in row.cells.items()}}
+                 for row in rows]
         (page_dir / name).write_text(env.get_template("video.html").render(
-            root="../", benchmark=benchmark, video=video, columns=columns, rows=list(rows.values()),
+            root="../", benchmark=benchmark, video=video, columns=columns, rows=cells,
             source=href(source, page_dir) if source else None))
         pages.append({"href": f"videos/{name}", "benchmark": benchmark, "video": video, "rows": len(rows),
                       "methods": len(columns), "failed": sum(r.get("status") != "ok" for r in records)})
