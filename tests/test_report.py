@@ -133,8 +133,8 @@ def test_site_links_stay_relative_and_plots_are_written(store, categories, tmp_p
     assert any(f"../media/{copies[0].name}" in _links(p) for p in pages)
     svgs = {p.name: p.read_text() for p in (out / "plots").glob("*.svg")}
     assert any(n.startswith("quality_cost-synthetic") and "Pareto front" in s for n, s in svgs.items())
-    bars = [s for n, s in svgs.items() if n.startswith("categories-clip_text_x100-tgve")]
-    assert len(bars) == 1 and all(c in bars[0] for c in CATEGORIES)
+    bars = [s for n, s in svgs.items() if n.startswith("categories-")]
+    assert len(bars) == 1 and all(c in bars[0] for c in CATEGORIES) and "clip_text_x100" in bars[0]
     board = index.read_text()
     for c in CATEGORIES:  # each method has a row per category next to its overall row
         assert board.count(f'data-category="{c}"') == 2
@@ -204,6 +204,11 @@ def test_site_in_a_real_browser(store, categories, tmp_path, monkeypatch):
         assert not copy.is_displayed() and heads[names.index("clip_text ↑")].is_displayed()
         browser.find_element("id", "copies").click()
         assert copy.is_displayed()
+        browser.execute_script("const s = document.getElementById('preset');"
+                               "s.selectedIndex = Array.from(s.options).findIndex(o => o.text === 'tgve');"
+                               "s.dispatchEvent(new Event('change'));")
+        shown = {h.get_attribute("data-metric") for h in heads if h.is_displayed() and h.get_attribute("data-metric")}
+        assert shown == {"clip_text", "clip_image_allpairs"}  # conf/metrics/tgve.yaml's names
         browser.execute_script("const s = document.querySelector('select.filter[data-filter=category]');"
                                "s.value = 'object'; s.dispatchEvent(new Event('change'));")
         rows = browser.execute_script(VISIBLE + ".map(r => r.dataset.category + '/' + r.dataset.method)")

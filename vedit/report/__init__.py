@@ -14,7 +14,8 @@
   benchmark and metric models, and per-category bars where prompts have categories (TGVE).
 
 Videos are linked by relative paths (the site stays next to the store), not copied; the source is the
-left half of each cell's `side_by_side.mp4` (the source as the method saw it). A video the browser
+left half of each cell's `side_by_side.mp4` (the source as the method saw it). Files are found by the
+store's layout (`edited.mp4`, `side_by_side.mp4` beside each record.json), never by paths a record names. A video the browser
 cannot decode (not H.264/VP9/AV1 in yuv420p) gets a playable H.264 copy under `media/`.
 """
 
@@ -43,7 +44,6 @@ PACKAGE = Path(__file__).resolve().parent
 PRESETS_DIR = METHOD_CONF.parent / "metrics"
 CURVES = {"clip_text": "CLIP text / frame", "warp_error": "warp error / pair"}  # per-frame series drawn
 BROWSER_CODECS = {"h264", "vp9", "av1"}
-CELL_VIDEOS = ("edited.mp4", "side_by_side.mp4")  # the store's layout; record fields are not used as paths
 
 
 def presets() -> dict[str, list[str]]:
@@ -82,7 +82,6 @@ class Column:
     label: str
     kind: str  # metric | copy | cost | count
     metric: str = ""
-    higher: bool | None = None
     title: str = ""
 
 
@@ -92,7 +91,6 @@ class Site:
     records: list[dict]
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     directions: dict[str, bool] = field(default_factory=dict)
-    playable: dict[str, str] = field(default_factory=dict)
 
 
 def build(stores: list[str | Path], out: str | Path) -> Path:
@@ -141,7 +139,7 @@ def leaderboard_rows(site: Site) -> tuple[list[dict], list[Column], dict[str, li
                Column("failed", "failed", "count", title="failed cells")]
     for c, higher in metric_cols.items():
         name = next(n for n in sorted(site.directions, key=len, reverse=True) if c == n or c.startswith(n + "_"))
-        columns.append(Column(c, f"{c} {'↑' if higher else '↓'}", "metric" if c == name else "copy", name, higher,
+        columns.append(Column(c, f"{c} {'↑' if higher else '↓'}", "metric" if c == name else "copy", name,
                               "higher is better" if higher else "lower is better"))
     columns += [Column(k, f"{label} ↓", "cost", title=k) for k, label in COST_COLUMNS.items()]
     rows = []
@@ -207,6 +205,8 @@ def category_plots(site: Site) -> list[dict]:
                 rows = g[(g["method"] == m) & (g["backbone"] == b)].set_index("category")
                 means.append([float(rows[metric].get(c, math.nan)) for c in categories])
                 halves.append([float(rows[f"{metric} ±"].get(c, math.nan)) for c in categories])
+            if all(math.isnan(v) for m in means for v in m):  # the metric is another benchmark's
+                continue
             name = f"categories-{metric}-{slug(f'{benchmark} {models}')}.svg"
             arrow = "↑" if _direction(metric, site.directions) else "↓"
             plots.category_bars(site.out / "plots" / name, categories, [row_label(m, b) for m, b in methods],
@@ -266,7 +266,7 @@ def _cell(site: Site, record: dict, page_dir: Path, plot_dir: Path) -> dict:
         cell["edited"] = href(edited, page_dir)
     series = per_frame(record)
     if series:
-        name = f"{record.get('key', slug(str(cell_dir)))}.svg"
+        name = f"{slug(cell_dir.name)}.svg"
         clip, warp = series.get("clip_text"), series.get("warp_error")
         extent = plots.frame_curves(plot_dir / name, clip[0] if clip else None, warp[0] if warp else None,
                                     CURVES["clip_text"], CURVES["warp_error"])
