@@ -55,6 +55,10 @@ def categories(tmp_path_factory) -> Path:
             "source_prompt": "src", "target_prompt": EVIL if i == 0 else f"p{i}", "seed": 0, "data": {"name": "tgve"},
             "status": "ok", "prompt_category": category, "metrics": {"clip_text": value / 100, "clip_text_x100": value}, "metric_info": info,
             "cost": {"seconds_per_frame": 1.0 if method == "a" else 2.0}})
+    store.commit("failed", store.new_workdir("failed"), {
+        "method": "a", "backbone_kind": "paper", "video": "v0", "source_prompt": "src", "target_prompt": "p0",
+        "seed": 0, "data": {"name": "tgve"}, "status": "failed", "prompt_category": "style",
+        "error": "EditorError: out of memory at 512x512"})
     return store.root
 
 
@@ -135,7 +139,9 @@ def test_site_links_stay_relative_and_plots_are_written(store, categories, tmp_p
     assert any(n.startswith("quality_cost-synthetic") and "Pareto front" in s for n, s in svgs.items())
     bars = [s for n, s in svgs.items() if n.startswith("categories-")]
     assert len(bars) == 1 and all(c in bars[0] for c in CATEGORIES) and "clip_text_x100" in bars[0]
+    assert any("failed: EditorError: out of memory at 512x512" in p.read_text() for p in pages)
     board = index.read_text()
+    assert "17 cells (1 failed)" in board
     for c in CATEGORIES:  # each method has a row per category next to its overall row
         assert board.count(f'data-category="{c}"') == 2
     assert board.count('data-category=""') == 4  # identity, framewise, a, b
