@@ -40,7 +40,8 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def categories(tmp_path_factory) -> Path:
-    """Constructed TGVE-like records with prompt categories (no videos), one with a hostile id and prompt."""
+    """Constructed TGVE-like records with prompt categories: one with a hostile video id and prompt, one with
+    videos (its edit in MPEG-4 part 2), one failed; the others without videos."""
     store = ResultStore(tmp_path_factory.mktemp("categories") / "store")
     info = {"clip_text": {"higher_is_better": True, "convention": "raw cosine (clip_text_x100: x100)"}}
     for i, (method, category, value) in enumerate(
@@ -53,7 +54,8 @@ def categories(tmp_path_factory) -> Path:
         store.commit(key, work, {
             "method": method, "backbone_kind": "paper", "video": "../../evil" if i == 0 else f"v{i % 2}",
             "source_prompt": "src", "target_prompt": EVIL if i == 0 else f"p{i}", "seed": 0, "data": {"name": "tgve"},
-            "status": "ok", "prompt_category": category, "metrics": {"clip_text": value / 100, "clip_text_x100": value}, "metric_info": info,
+            "status": "ok", "prompt_category": category, "metric_info": info,
+            "metrics": {"clip_text": value / 100, "clip_text_x100": value},
             "cost": {"seconds_per_frame": 1.0 if method == "a" else 2.0}})
     store.commit("failed", store.new_workdir("failed"), {
         "method": "a", "backbone_kind": "paper", "video": "v0", "source_prompt": "src", "target_prompt": "p0",
@@ -153,7 +155,7 @@ def _browser(profile: Path):
     from selenium.webdriver.chrome.service import Service
 
     binary = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+    driver = shutil.which("chromedriver") or next((p for p in ["/usr/bin/chromedriver"] if Path(p).exists()), None)
     if binary is None or driver is None:
         pytest.skip("Chromium or chromedriver is absent (Debian: apt-get install chromium chromium-driver; "
                     ".ci/run installs them)")
@@ -181,6 +183,7 @@ def _errors(browser) -> list:
 
 
 VISIBLE = "return Array.from(document.querySelectorAll('#leaderboard tbody tr:not(.hidden)'))"
+TIMES = "const t = Array.from(document.querySelectorAll('video')).map(v => v.currentTime); return t"
 COLUMN = VISIBLE + ".map(r => r.children[arguments[0]].dataset.v)"
 
 
@@ -243,10 +246,8 @@ def test_site_in_a_real_browser(store, categories, tmp_path, monkeypatch):
                 else:  # seek the last edit alone: the others follow
                     browser.execute_script("const v = document.querySelectorAll('video');"
                                            "v[v.length - 1].currentTime = arguments[0];", target)
-                times = _wait(browser, "const t = Array.from(document.querySelectorAll('video')).map(v => v.currentTime);"
-                                       "return t.every(x => Math.abs(x - arguments[0]) < 0.1) && t;", target)
-                assert times, (how, target, browser.execute_script(
-                    "return Array.from(document.querySelectorAll('video')).map(v => v.currentTime)"))
+                times = _wait(browser, TIMES + ".every(x => Math.abs(x - arguments[0]) < 0.1) && t", target)
+                assert times, (how, target, browser.execute_script(TIMES))
             browser.find_element("css selector", "[data-play]").click()
             assert _wait(browser, "return Array.from(document.querySelectorAll('video')).every(v => !v.paused)")
             browser.find_element("css selector", "[data-play]").click()

@@ -15,8 +15,9 @@
 
 Videos are linked by relative paths (the site stays next to the store), not copied; the source is the
 left half of each cell's `side_by_side.mp4` (the source as the method saw it). Files are found by the
-store's layout (`edited.mp4`, `side_by_side.mp4` beside each record.json), never by paths a record names. A video the browser
-cannot decode (not H.264/VP9/AV1 in yuv420p) gets a playable H.264 copy under `media/`.
+store's layout (`edited.mp4`, `side_by_side.mp4` beside each record.json), never by paths a record
+names. A video the browser cannot decode (not H.264/VP9/AV1 in yuv420p) gets a playable H.264 copy
+under `media/`.
 """
 
 from __future__ import annotations
