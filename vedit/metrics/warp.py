@@ -117,7 +117,8 @@ class WarpError(FlowMetric):
         if not (counts > 0).any():
             raise MetricError(f"{self.name}: every pixel of video {task.video.id!r} is occluded; no pixel to compare")
         per_pair = sums / counts.clamp_min(1)
-        return per_pair[counts > 0].mean().item(), [v if n > 0 else None for v, n in zip(per_pair.tolist(), counts)]
+        series = [v if n > 0 else None for v, n in zip(per_pair.tolist(), counts.tolist())]
+        return per_pair[counts > 0].mean().item(), series
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         return self.evaluate(edited, task)[0]

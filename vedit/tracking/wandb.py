@@ -58,7 +58,6 @@ class WandbTracker:
         self.run.finish()
         self.run = None
 
-
     def log_sweep(self, records: list[dict]) -> Any:
         """A run named `sweep` with the table `grid`: a row per (benchmark, video, prompts, seed), the
         source (left half of a side_by_side.mp4) and a video column per method (its edited.mp4; empty
