@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # otherwise from PyPI.
 PIP_INSTALL := $(PY) -m pip install --quiet
 
-.PHONY: demo test install install-test leaderboard notebook clean
+.PHONY: demo test install install-test leaderboard report notebook clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install-test
 
 leaderboard:
 	$(PY) -m vedit.leaderboard outputs/demo --out outputs/leaderboard
+
+# The report site of the demo's store (make demo first): open outputs/report/index.html in a browser.
+report:
+	$(PY) -m vedit.report outputs/demo --out outputs/report
 
 # The leaderboard notebook needs the `notebook` extra (nbclient, ipykernel), which `make demo` does not
 # install; this executes it on the demo's store (VEDIT_STORE=path overrides) into outputs/leaderboard.ipynb.

@@ -72,6 +72,12 @@ class PrintSweepTable(Callback):
         failed = sum(r.get("status") != "ok" for r in records)
         print(f"\nsweep results ({len(records)} cells, {failed} failed, store {config.store_dir}):")
         print(format_table(records))
+        try:
+            from vedit.tracking.wandb import log_sweep_grids
+
+            log_sweep_grids(config, records)
+        except Exception as e:  # noqa: BLE001 - the sweep's results are stored; its table is an extra
+            log.warning("wandb: the sweep's grid table was not logged: %s: %s", type(e).__name__, e)
         if failed:
             print(failure_report(records))
             if not config.get("allow_failures"):

@@ -38,6 +38,12 @@ class Metric(abc.ABC):
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
         """Scores of the edited frames for this task."""
 
+    def evaluate(self, edited: torch.Tensor, task: EditTask) -> tuple[dict[str, float], dict[str, list]]:
+        """The scores and, for metrics that average over frames or pairs, the values before averaging
+        (`{name: [value per frame]}`, or per consecutive pair (t, t+1) at index t; None where a value
+        is undefined): the report site's per-frame curves. Default: the scores only."""
+        return self(edited, task), {}
+
     def config(self, task: EditTask) -> dict[str, Any]:
         """The metric's identity for the metric store; subclasses add their models and parameters."""
         return {"metric": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}"}

@@ -67,11 +67,15 @@ class ClipText(ClipMetric):
                            f"{self._model()}")
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+        return self.evaluate(edited, task)[0]
+
+    def evaluate(self, edited: torch.Tensor, task: EditTask) -> tuple[dict[str, float], dict[str, list]]:
         self.check_frames(edited, task)
         text = self.clip.encode_texts([_prompt(task, "target_prompt", self.name)])
-        score = (self.clip.encode_images(edited) @ text.T).mean().item()
-        return {self.name: score, f"{self.name}_x100": 100 * score,
-                f"{self.name}_logit": self.clip.logit_scale() * score}
+        per_frame = (self.clip.encode_images(edited) @ text.T)[:, 0]
+        score = per_frame.mean().item()
+        return ({self.name: score, f"{self.name}_x100": 100 * score, f"{self.name}_logit": self.clip.logit_scale() * score},
+                {self.name: per_frame.tolist()})
 
 
 def consecutive_consistency(emb: torch.Tensor) -> float:

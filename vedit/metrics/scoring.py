@@ -45,11 +45,14 @@ def metric_entry(metric: Metric, frames: torch.Tensor, task: EditTask, frames_so
     """Compute one metric on uint8 frames -> its entry (values, direction, convention, config and key,
     models). A plain callable that is not a Metric subclass gets float frames in [0, 1]."""
     config = metric_config(metric, task)
-    values = metric(frames if isinstance(metric, Metric) else to_float(frames), task)
-    models = metric.models(task) if isinstance(metric, Metric) else {}
+    if isinstance(metric, Metric):
+        (values, series), models = metric.evaluate(frames, task), metric.models(task)
+    else:
+        values, series, models = metric(to_float(frames), task), {}, {}
     return {"metric": metric.name, "metric_key": metric_key(config), "config": config,
             "models": models, "values": values, "higher_is_better": metric.higher_is_better,
-            "convention": metric.convention, "frames": frames_source, "computed_at": time.time()}
+            "convention": metric.convention, "frames": frames_source, "computed_at": time.time(),
+            **({"per_frame": series} if series else {})}
 
 
 def with_metrics(record: dict, entries: list[dict]) -> dict:

@@ -118,9 +118,10 @@ class WarpError(FlowMetric):
     def per_pair(self, frame: torch.Tensor, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return ((warped - frame) ** 2).mean(1, keepdim=True)
 
-    def mean_over_pairs(self, edited: torch.Tensor, task: EditTask, scale: float) -> float:
+    def mean_over_pairs(self, edited: torch.Tensor, task: EditTask, scale: float) -> tuple[float, list]:
         """Per pair the mean error over its non-occluded pixels, then the mean over the pairs that have
-        any (a pair occluded everywhere is skipped; Lai et al.'s code would count it as 0)."""
+        any (a pair occluded everywhere is skipped; Lai et al.'s code would count it as 0); and the
+        per-pair errors (None for those skipped)."""
         sums, counts = [], []
         for frame, warped, valid in self.pairs(edited, task, scale):
             sums.append((self.per_pair(frame, warped, valid) * valid).double().sum((1, 2, 3)).cpu())
@@ -128,12 +129,17 @@ class WarpError(FlowMetric):
         sums, counts = torch.cat(sums), torch.cat(counts)
         if not (counts > 0).any():
             raise MetricError(f"{self.name}: every pixel of video {task.video.id!r} is occluded; no pixel to compare")
-        return (sums[counts > 0] / counts[counts > 0]).mean().item()
+        per_pair = sums / counts.clamp_min(1)
+        series = [v if n > 0 else None for v, n in zip(per_pair.tolist(), counts.tolist())]
+        return per_pair[counts > 0].mean().item(), series
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+        return self.evaluate(edited, task)[0]
+
+    def evaluate(self, edited: torch.Tensor, task: EditTask) -> tuple[dict[str, float], dict[str, list]]:
         self.check_pairs(edited, task)
-        value = self.mean_over_pairs(edited, task, 1.0)
-        return {self.name: value, f"{self.name}_255": value * 255**2}
+        value, per_pair = self.mean_over_pairs(edited, task, 1.0)
+        return {self.name: value, f"{self.name}_255": value * 255**2}, {self.name: per_pair}
 
 
 @METRICS.register("warp_error_l1")
@@ -150,9 +156,10 @@ class WarpErrorL1(WarpError):
     def per_pair(self, frame: torch.Tensor, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return (warped - frame).abs().mean(1, keepdim=True)
 
-    def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
+    def evaluate(self, edited: torch.Tensor, task: EditTask) -> tuple[dict[str, float], dict[str, list]]:
         self.check_pairs(edited, task)
-        return {self.name: self.mean_over_pairs(edited, task, 255.0)}
+        value, per_pair = self.mean_over_pairs(edited, task, 255.0)
+        return {self.name: value}, {self.name: per_pair}
 
 
 @METRICS.register("warp_mse")

@@ -1,13 +1,17 @@
 """Weights & Biases tracker: one wandb run per Hydra job (a method x seed), grouped by sweep.
 
 Logs the resolved config, each cell's metrics and cost as a row of a table, the side-by-side videos,
-and the job's leaderboard table. Works offline with WANDB_MODE=offline (files under ./wandb).
+and the job's leaderboard table. At the sweep's end one more run (`sweep`) logs the table `grid`: a
+row per video, prompts and seed, the source and a video column per method, as the report site's video
+pages. Works offline with WANDB_MODE=offline (files under ./wandb).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 
 class WandbTracker:
@@ -53,6 +57,50 @@ class WandbTracker:
             self.run.log({"leaderboard": self.wandb.Table(dataframe=table.reset_index())})
         self.run.finish()
         self.run = None
+
+    def log_sweep(self, records: list[dict]) -> Any:
+        """A run named `sweep` with the table `grid`: a row per (benchmark, video, prompts, seed), the
+        source (left half of a side_by_side.mp4) and a video column per method (its edited.mp4; empty
+        where the cell failed or was not run)."""
+        from vedit.report import grid, source_video
+        from vedit.video import read_video, write_video
+
+        layout = grid([r for r in records if r])
+        methods = sorted({c for columns, _ in layout.values() for c in columns})
+        table = self.wandb.Table(columns=["benchmark", "video", "source_prompt", "target_prompt", "seed", "category",
+                                          "source", *methods])
+        with tempfile.TemporaryDirectory() as tmp:
+            run = self.wandb.init(project=self.project, group=self.group, name="sweep", job_type="sweep",
+                                  mode=self.mode, dir=self.dir, reinit="finish_previous")
+            for n, ((benchmark, video), (_, rows)) in enumerate(layout.items()):
+                found = source_video([r for row in rows for r in row.cells.values()]) if self.log_videos else None
+                source = Path(tmp) / f"source-{n}.mp4"
+                if found is not None:
+                    clip = read_video(found)
+                    write_video(source, clip.pixels[..., : clip.pixels.shape[-1] // 2], fps=clip.fps or 10.0)
+                for row in rows:
+                    table.add_data(benchmark, video, row.source_prompt, row.target_prompt, row.seed, row.category,
+                                   self._video(source), *[self._video(_edited(row.cells.get(m))) for m in methods])
+            run.log({"grid": table})  # wandb copies the videos into the run's table artifact here
+            run.finish()
+        return table
+
+    def _video(self, path: Path | None) -> Any:
+        return self.wandb.Video(str(path), format="mp4") if self.log_videos and path and path.is_file() else None
+
+
+def _edited(record: dict | None) -> Path | None:
+    return Path(record["_dir"]) / "edited.mp4" if record and record.get("status") == "ok" else None
+
+
+def log_sweep_grids(config: Any, records: list[dict]) -> list:
+    """At a sweep's end: each wandb tracker of the config logs the sweep's grid (`WandbTracker.log_sweep`),
+    in the sweep's group."""
+    from hydra.utils import instantiate
+
+    return [instantiate(tracker, group=str(config.hydra.sweep.dir)).log_sweep(records)
+            for tracker in (config.get("tracker") or {}).get("trackers") or []
+            if str(tracker.get("_target_", "")).endswith("WandbTracker")]
 
 
 def read_offline_run(path: str | Path) -> dict:

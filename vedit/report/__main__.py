@@ -1,0 +1,3 @@
+from vedit.report import main
+
+main()
