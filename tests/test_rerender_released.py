@@ -17,13 +17,9 @@ from vedit.ops.warp import occlusion_masks, pixel_grid, rerender_occlusion
 
 
 def annotator_canny(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
-    """ControlNet's annotator (annotator/canny): cv2.Canny straight on the 8-bit RGB image."""
-    try:
-        from controlnet_aux.canny import CannyDetector  # the optional `hed` extra
-    except ImportError:
-        return cv2.Canny(rgb, low, high)
-    return np.asarray(CannyDetector()(rgb, low, high, output_type="np", detect_resolution=rgb.shape[0],
-                                      image_resolution=rgb.shape[0]))[..., 0]
+    """ControlNet's annotator (annotator/canny/__init__.py, the one the released code imports): cv2.Canny
+    straight on the 8-bit RGB image."""
+    return cv2.Canny(rgb, low, high)
 
 
 # ----------------------------------------------------------------------------- Canny
@@ -152,10 +148,11 @@ def test_propagation_guides_by_default_and_by_switch(monkeypatch):
     edge, temporal = seen[0][0][1], seen[0][0][3]
     assert edge.target.shape[1] == 3 and torch.equal(edge.target, released_edges(frames[[1, 1]]))
     assert temporal.masked is False  # the released binary gets the temporal guide everywhere
+    assert seen[0][0][2].weight == pytest.approx(2 * 2 / 3)  # (row, col, 0): EbSynth splits 2 over 3 channels
     seen.clear()
     propagate_keyframes(frames, [0, 2], frames[[0, 2]], still, still, occ, occ, edge_guide="luminance",
-                        temporal_mask=True)
-    assert seen[0][0][1].target.shape[1] == 1 and seen[0][0][3].masked is True
+                        temporal_mask=True, pos_guide="xy")
+    assert seen[0][0][1].target.shape[1] == 1 and seen[0][0][3].masked is True and seen[0][0][2].weight == 2.0
 
 
 # ----------------------------------------------------------------------------- Poisson blending

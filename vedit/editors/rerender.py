@@ -75,7 +75,7 @@ from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attentio
                                  self_attention_layers)
 from vedit.ops.cuda_graphs import Captured, capture
 from vedit.ops.ddim import DDIM, classifier_free_guidance
-from vedit.ops.propagation import EDGE_GUIDES, GUIDE_WARPS, key_chains, propagate_keyframes
+from vedit.ops.propagation import EDGE_GUIDES, GUIDE_WARPS, POS_GUIDES, key_chains, propagate_keyframes
 from vedit.ops.transfer import to_device
 from vedit.ops.vae import MASK_RULES, backbone_fidelity_encode
 from vedit.ops.warp import backward_warp, chain_to_first, pixel_grid, rerender_occlusion, resize_flow
@@ -500,7 +500,8 @@ class RerenderEditor(Editor):
         "sampling_graphs": P.boolean(), "propagation_graphs": P.boolean(),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
                                  "uniformity": P.number(0), "poisson": P.boolean(), "edge_guide": P.choice(*EDGE_GUIDES),
-                                 "guide_warp": P.choice(*GUIDE_WARPS), "temporal_mask": P.boolean()}, strict=False),
+                                 "guide_warp": P.choice(*GUIDE_WARPS), "temporal_mask": P.boolean(),
+                                 "pos_guide": P.choice(*POS_GUIDES)}, strict=False),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 20, guidance_scale: float = 7.5,

@@ -9,7 +9,9 @@ as the released code (video_blend.py, blender/guide.py) builds them:
                (4 p - neighbours) clipped to [0, 1] (`edge_guide`)
     temporal   the previous propagated frame, warped by the flow   weight 0.5
     positional a coordinate ramp carried from the key frame        weight 2
-               along the flow chain
+               along the flow chain (`pos_guide`: the released
+               image is (row, column, 0), so EbSynth gives each
+               coordinate a third of the weight)
 
 and on the source side the key frame's colour, edges, its stylised output and the un-warped ramp.
 The temporal and positional guides are warped nearest-neighbour and their occluded pixels filled by
@@ -52,6 +54,7 @@ DEFAULT_WEIGHTS = {"color": 6.0, "edge": 0.5, "temporal": 0.5, "pos": 2.0}
 SELECTIONS = ("temporal", "error")
 EDGE_GUIDES = ("released", "luminance")
 GUIDE_WARPS = ("nearest_inpaint", "bilinear")
+POS_GUIDES = ("released", "xy")
 INPAINT_RADIUS = 30  # the released code's cv2.inpaint radius
 
 
@@ -121,7 +124,7 @@ def key_chains(key_indices: list[int], num_frames: int) -> list[_Chain]:
 
 def _check(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tensor,
            flows: dict[str, torch.Tensor | None], patch_size: int, blend: str, selection: str,
-           edge_guide: str, guide_warp: str) -> None:
+           edge_guide: str, guide_warp: str, pos_guide: str) -> None:
     if source.ndim != 4 or source.shape[1] != 3:
         raise EditorError(f"propagate_keyframes: source must be (T, 3, H, W), got {tuple(source.shape)}")
     t, _, h, w = source.shape
@@ -147,6 +150,8 @@ def _check(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tens
         raise EditorError(f"propagate_keyframes: edge_guide={edge_guide!r} is not one of {EDGE_GUIDES}")
     if guide_warp not in GUIDE_WARPS:
         raise EditorError(f"propagate_keyframes: guide_warp={guide_warp!r} is not one of {GUIDE_WARPS}")
+    if pos_guide not in POS_GUIDES:
+        raise EditorError(f"propagate_keyframes: pos_guide={pos_guide!r} is not one of {POS_GUIDES}")
 
 
 def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tensor,
@@ -157,6 +162,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
                         weighted_vote: bool = False, selective_vote: bool = False, selection: str = "temporal",
                         blend: str = "meanstd", poisson: bool = True, blend_temperature: float | None = None,
                         edge_guide: str = "released", guide_warp: str = "nearest_inpaint", temporal_mask: bool = False,
+                        pos_guide: str = "released",
                         chain_batch: int | None = None, cuda_graphs: bool = False,
                         device: torch.device | str | None = None, seed: int = 0) -> torch.Tensor:
     """Fill the non-key frames of a video from its stylised key frames -> (T, 3, H, W) in [0, 1].
@@ -171,7 +177,8 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     Blending (`vedit.ops.blend`): `selection` "temporal" (released code) or "error" (lower error);
     `blend` one of BLEND_MODES; `poisson`; `blend_temperature` (None: purely temporal weights).
     Guides: `edge_guide` one of EDGE_GUIDES; `guide_warp` "nearest_inpaint" (released code) or
-    "bilinear"; `temporal_mask` turns the temporal guide off where the flow is occluded.
+    "bilinear"; `temporal_mask` turns the temporal guide off where the flow is occluded; `pos_guide`
+    "released" (weight split over 3 channels, one of them constant) or "xy" (over the 2 coordinates).
     `chain_batch`: at most this many chains per synthesis call (None: all), which bounds the working
     memory of a long video's many chains; the frames are the same (random draws are made as for all
     chains at once). `cuda_graphs`: on CUDA, replay the PatchMatch iterations from graphs captured at
@@ -180,7 +187,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     """
     _check(source, key_indices, key_outputs,
            {"flow_fwd": flow_fwd, "flow_bwd": flow_bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}, patch_size, blend,
-           selection, edge_guide, guide_warp)
+           selection, edge_guide, guide_warp, pos_guide)
     if chain_batch is not None and chain_batch < 1:
         raise EditorError(f"propagate_keyframes: chain_batch={chain_batch} must be >= 1 (or None: all chains at once)")
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -192,6 +199,8 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     frames = source.to(device, torch.float32)
     keys = key_outputs.to(device, torch.float32)
     edges = released_edges(frames) if edge_guide == "released" else laplacian_edges(frames)
+    # the released guide image (row, column, 0) has 3 channels for EbSynth's split of the weight: 2/3 of it on (x, y)
+    pos_weight = weights["pos"] * (2 / 3 if pos_guide == "released" else 1.0)
     ramp_px = pixel_grid(h, w, device=device)
     norm = torch.tensor([max(w - 1, 1), max(h - 1, 1)], device=device, dtype=torch.float32).view(1, 2, 1, 1)
     flow_fwd, flow_bwd = flow_fwd.to(device, torch.float32), flow_bwd.to(device, torch.float32)
@@ -219,7 +228,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
             guides = [
                 Guide(_rows(frames, key_idx), _rows(frames, target_idx), weights["color"]),
                 Guide(_rows(edges, key_idx), _rows(edges, target_idx), weights["edge"]),
-                Guide(ramp_px.expand(len(group), -1, -1, -1) / norm, pos / norm, weights["pos"]),
+                Guide(ramp_px.expand(len(group), -1, -1, -1) / norm, pos / norm, pos_weight),
                 Guide(styles, temporal, weights["temporal"], masked=temporal_mask),
             ]
             init = torch.stack([pos[:, 0].round().clamp(0, w - 1), pos[:, 1].round().clamp(0, h - 1)], 1).long()
