@@ -23,7 +23,8 @@ screened Poisson blending toward the selected result's gradients).
 
 Opt-in variants of ours (off by default; measured effect in conf/method/rerender.yaml):
 `edge_guide="luminance"` (0.5 + Laplacian of the luminance, one channel), `guide_warp="bilinear"`
-(bilinear warps, no inpainting), `temporal_mask` (temporal guide off where occluded),
+(bilinear warps, no inpainting), `temporal_mask` (temporal guide off where occluded), `pos_guide="xy"`
+(the positional weight split over the 2 coordinates),
 `selective_vote` (each pixel takes the one overlapping-patch proposal whose key-frame colour best
 matches its own, `vedit.ops.patchmatch.selective_vote`) and `blend_temperature` (temporal blend
 weights tilted per pixel toward the lower error, `vedit.ops.blend.error_aware_weight`).
