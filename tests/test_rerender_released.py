@@ -118,14 +118,15 @@ def test_guides_are_warped_nearest_and_their_holes_inpainted():
     outside = holes[0, 0] == 0
     assert torch.equal(pos[0][:, outside], coords[0][:, outside])
     assert torch.equal(temporal[0][:, outside], image[0][:, outside])
-    # holes filled as OpenCV's TELEA does (radius 30), channel by channel
+    # holes filled as OpenCV's TELEA does (radius 30): the temporal guide on its 8-bit image, as the released
+    # code's guide files; the positional guide per coordinate in float
     mask = holes[0, 0].numpy().astype(np.uint8)
-    for c in range(3):
-        expected = cv2.inpaint(np.ascontiguousarray(image[0, c].numpy()), mask, 30, cv2.INPAINT_TELEA)
-        np.testing.assert_allclose(temporal[0, c].numpy(), np.clip(expected, 0, 1), atol=1e-6)
-        if c < 2:
-            expected = cv2.inpaint(np.ascontiguousarray(coords[0, c].numpy()), mask, 30, cv2.INPAINT_TELEA)
-            np.testing.assert_allclose(pos[0, c].numpy(), expected, atol=1e-4)
+    eight_bit = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    expected = cv2.inpaint(eight_bit, mask, 30, cv2.INPAINT_TELEA).transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(temporal[0][:, ~outside].numpy(), expected[:, ~outside.numpy()], atol=1e-6)
+    for c in range(2):
+        expected = cv2.inpaint(np.ascontiguousarray(coords[0, c].numpy()), mask, 30, cv2.INPAINT_TELEA)
+        np.testing.assert_allclose(pos[0, c].numpy(), expected, atol=1e-4)
     assert (pos[0] - coords[0]).abs()[:, ~outside].max() < 2.0  # a ramp's holes are filled with about the ramp
     bilinear = propagation._warp_guides(coords, image, flow, holes, "bilinear")
     torch.testing.assert_close(bilinear[0][..., :-1, :-1], (coords + 0.4)[..., :-1, :-1])  # interpolated, no inpainting

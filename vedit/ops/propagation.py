@@ -32,7 +32,8 @@ weights tilted per pixel toward the lower error, `vedit.ops.blend.error_aware_we
 Speed: a frame's temporal guide needs the previous frame's result, so chains are sequential; but all
 chains (forward and backward from every key frame) advance one frame per step in one batch, so a
 video with key interval K needs about K - 1 batched steps, whatever its length. Inpainting runs on
-the CPU (OpenCV), one thread per image channel.
+the CPU (OpenCV), one thread per image channel: the temporal guide in 8 bits as the released code, the
+positional guide in float (the released 8-bit ramp quantises coordinates to 1/255 of the frame).
 """
 
 from __future__ import annotations
@@ -78,25 +79,30 @@ def released_edges(frames: torch.Tensor) -> torch.Tensor:
     return (-_laplacian(frames, "reflect")).clamp(0, 1)
 
 
-def inpaint_telea(images: torch.Tensor, holes: torch.Tensor, radius: int = INPAINT_RADIUS) -> torch.Tensor:
-    """Fill `holes` (B, 1, H, W), 1 = fill, of images (B, C, H, W) with OpenCV's TELEA inpainting, per channel
-    in float32 on the CPU (the released code inpaints its 8-bit guides, all channels with the same weights).
-    Items without holes are returned as they are."""
+def inpaint_telea(images: torch.Tensor, holes: torch.Tensor, radius: int = INPAINT_RADIUS,
+                  eight_bit: bool = False) -> torch.Tensor:
+    """Fill `holes` (B, 1, H, W), 1 = fill, of images (B, C, H, W) with OpenCV's TELEA inpainting on the CPU,
+    per channel in float32, or (`eight_bit`, values in [0, 1]) in 8 bits as the released code inpaints its
+    guide images, the hole pixels then taken from it (OpenCV fills the channels of an 8-bit colour image
+    independently: per channel is the same result, in parallel). Items without holes are returned as they are."""
     masks = (holes[:, 0] > 0.5).to("cpu", torch.uint8).numpy()
     todo = [b for b in range(images.shape[0]) if masks[b].any()]
     if not todo:
         return images
     host = images[todo].to("cpu", torch.float32).numpy()
-    jobs = [(k, c) for k in range(len(todo)) for c in range(host.shape[1])]
+    if eight_bit:
+        host = (host.clip(0, 1) * 255).round().astype(np.uint8)
 
     def fill(job: tuple[int, int]) -> None:
         k, c = job
         host[k, c] = cv2.inpaint(np.ascontiguousarray(host[k, c]), masks[todo[k]], radius, cv2.INPAINT_TELEA)
 
+    jobs = [(k, c) for k in range(len(todo)) for c in range(host.shape[1])]
     with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
         list(pool.map(fill, jobs))  # OpenCV releases the GIL: the channels fill in parallel
+    filled = torch.from_numpy(host / 255.0 if eight_bit else host).to(images.device, images.dtype)
     out = images.clone()
-    out[todo] = torch.from_numpy(host).to(images.device, images.dtype)
+    out[todo] = torch.where(holes[todo] > 0.5, filled, images[todo])
     return out
 
 
@@ -262,10 +268,11 @@ def _warp_guides(coords: torch.Tensor, previous: torch.Tensor, flow: torch.Tenso
     if guide_warp == "bilinear":
         return backward_warp(coords, flow), backward_warp(previous, flow)
     h, w = flow.shape[-2:]
-    warped = torch.cat([backward_warp(coords, flow, mode="nearest"), backward_warp(previous, flow, mode="nearest")], 1)
-    warped = inpaint_telea(warped, occ)
-    pos = torch.stack([warped[:, 0].clamp(0, w - 1), warped[:, 1].clamp(0, h - 1)], 1)
-    return pos, warped[:, 2:].clamp(0, 1)  # the released code's 8-bit guides saturate
+    pos, temporal = backward_warp(coords, flow, mode="nearest"), backward_warp(previous, flow, mode="nearest")
+    with ThreadPoolExecutor(2) as pool:  # both guides' inpainting at once (each on its own threads)
+        pos, temporal = pool.submit(inpaint_telea, pos, occ), pool.submit(inpaint_telea, temporal, occ, eight_bit=True)
+        pos, temporal = pos.result(), temporal.result()
+    return torch.stack([pos[:, 0].clamp(0, w - 1), pos[:, 1].clamp(0, h - 1)], 1), temporal  # 8-bit guides saturate
 
 
 def _rows(x: torch.Tensor, index: list[int]) -> torch.Tensor:
