@@ -234,3 +234,16 @@ def test_every_key_frame_gets_the_same_reference_noise():
         assert len(noises) == 2 and noises[0].shape[0] == 2  # key frames 1 and 2, fusion steps 2 and 3
         assert torch.equal(noises[0], noises[1]) == (mode == "shared")
         assert not torch.equal(noises[0][0], noises[0][1])  # a fresh draw per step, as the released sampler
+
+
+def test_rerender_ebsynth_preset_is_the_binarys_call():
+    """video_blend.py runs the EbSynth binary with -searchvoteiters 12 -patchmatchiters 6, its default style
+    weight 1 and full patches (no PCA), down to a short side of 2 * 5 + 1 px."""
+    import yaml
+    from pathlib import Path
+
+    conf = Path(__file__).parents[1] / "conf" / "method"
+    preset = yaml.safe_load((conf / "rerender_ebsynth.yaml").read_text())["params"]["propagation"]
+    base = yaml.safe_load((conf / "rerender.yaml").read_text())["params"]["propagation"]
+    assert preset == {"style_weight": 1.0, "search_vote_iters": 12, "coarsest_side": 11, "feature_dims": None}
+    assert base["iterations"] == 6 and base["patch_size"] == 5
