@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -49,10 +50,27 @@ def test_compensation_mask_threshold_is_in_minus_one_one_units_and_dilated():
     decoded = images.clone()
     decoded[0, :, 3, 3] += 0.1  # 0.2 in [-1, 1] units: kept
     decoded[0, :, 20, 29] += 0.14  # 0.28: rejected (cell (2, 3)), dilated to rows 1..3, cols 2..3
-    mask = compensation_mask(images, decoded, (4, 4), threshold=0.25)
+    mask = compensation_mask(images, decoded, (4, 4), threshold=0.25, rule="any_pixel")
     expected = torch.ones(1, 1, 4, 4)
     expected[0, 0, 1:4, 2:4] = 0
     assert torch.equal(mask, expected)
+
+
+def test_released_rule_reads_the_centre_pixels_of_a_cell_and_any_pixel_every_pixel():
+    """The released code samples the error map bilinearly at 1/8 scale: a cell sees its centre 2x2 pixels."""
+    images = torch.full((1, 3, 48, 48), 0.5)
+    decoded = images.clone()
+    decoded[0, :, 8, 8] += 0.2  # corner pixel of cell (1, 1), 0.4 in [-1, 1] units
+    decoded[0, :, 35, 36] += 0.2  # a centre pixel (rows/cols 3..4 of the cell) of cell (4, 4)
+    released = compensation_mask(images, decoded, (6, 6))  # the default rule
+    any_pixel = compensation_mask(images, decoded, (6, 6), rule="any_pixel")
+    expected = torch.ones(1, 1, 6, 6)
+    expected[0, 0, 3:6, 3:6] = 0  # cell (4, 4) dilated by one cell
+    assert torch.equal(released, expected)
+    expected[0, 0, 0:3, 0:3] = 0  # ... and cell (1, 1)
+    assert torch.equal(any_pixel, expected)
+    with pytest.raises(ValueError, match="rule"):
+        compensation_mask(images, decoded, (6, 6), rule="centre")
 
 
 def test_less_error_growth_than_plain_encoding_over_five_rounds():
@@ -68,7 +86,15 @@ def test_less_error_growth_than_plain_encoding_over_five_rounds():
     assert err_fidelity < 0.2 * err_plain, (err_fidelity, err_plain)
 
 
-def test_tiny_vae_keeps_compensation_only_where_it_decodes_close():
+def centre_or_any(bad: torch.Tensor, rule: str) -> torch.Tensor:
+    """Per 8x8 cell: any of its centre 2x2 pixels (released) or any of its pixels (any_pixel)."""
+    if rule == "any_pixel":
+        return F.max_pool2d(bad, 8)
+    return torch.stack([bad[..., r::8, c::8] for r in (3, 4) for c in (3, 4)]).amax(0)
+
+
+@pytest.mark.parametrize("rule", ["released", "any_pixel"])
+def test_tiny_vae_keeps_compensation_only_where_it_decodes_close(rule):
     from vedit.backbones import build_backbone
 
     bb = build_backbone("tiny", "sd15", dtype="float64")
@@ -79,8 +105,8 @@ def test_tiny_vae_keeps_compensation_only_where_it_decodes_close():
     err = 2 * (bb.decode_latents(compensated) - images).abs().mean(1, keepdim=True)
     seen = set()
     for threshold in (0.25, 0.5, 0.75, 1.0):  # the random tiny VAE is poor: vary the threshold
-        out = backbone_fidelity_encode(bb, images, threshold=threshold)
-        bad_cells = F.max_pool2d(F.max_pool2d((err > threshold).double(), 8), 3, stride=1, padding=1) > 0
+        out = backbone_fidelity_encode(bb, images, threshold=threshold, rule=rule)
+        bad_cells = F.max_pool2d(centre_or_any((err > threshold).double(), rule), 3, stride=1, padding=1) > 0
         torch.testing.assert_close(out, torch.where(bad_cells, x_r, compensated), rtol=0, atol=1e-12)
         seen |= set(bad_cells.flatten().tolist())
     assert seen == {True, False}

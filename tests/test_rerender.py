@@ -17,7 +17,7 @@ from vedit.editors.rerender import (ADDED_PROMPT, NEGATIVE_PROMPT, PERIOD_ENDS, 
                                     period_steps, pixel_reference, restore_luminosity, soften_occlusion, start_step,
                                     StaticKV, WavefrontAttention, wavefront_plan)
 from vedit.estimators import Estimators
-from vedit.ops.warp import backward_warp
+from vedit.ops.warp import backward_warp, rerender_occlusion
 from vedit.task import EditTask
 from vedit.video import Video, VideoError
 
@@ -117,7 +117,10 @@ def test_yaml_defaults_are_the_papers():
     assert (prop["patch_size"], prop["uniformity"], prop["weights"]) == (5, 3500.0, {"color": 6.0, "edge": 0.5,
                                                                                    "temporal": 0.5, "pos": 2.0})
     assert prop["selective_vote"] is False and prop["weighted_vote"] is False and prop["blend_temperature"] is None
-    assert (prop["selection"], prop["blend"], prop["poisson"]) == ("temporal", "meanstd", False)
+    assert (prop["selection"], prop["blend"], prop["poisson"]) == ("temporal", "meanstd", True)  # -ps, as released
+    assert (prop["edge_guide"], prop["guide_warp"], prop["temporal_mask"]) == ("released", "nearest_inpaint", False)
+    assert params["occlusion"] == "released"
+    assert params["pixel_fusion"]["fidelity_mask"] == "released" and params["pixel_fusion"]["reference_noise"] == "shared"
     signature = inspect.signature(propagate_keyframes).parameters
     runtime = {"source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "device", "seed",
                "chain_batch", "cuda_graphs"}  # the top-level speed parameters propagation_batch, propagation_graphs
@@ -318,8 +321,11 @@ def test_key_flows_are_direct_by_default_and_chained_on_request(backbone):
     direct = direct_editor._key_flows(task, keys, flows)
     pairs = Estimators(flow="dis").flow_between(task, [(0, 2), (0, 4), (2, 4)])
     (to_first, occ_first), (to_prev, _) = direct[2]  # key frame 4
-    assert torch.equal(to_first, pairs["flow_bwd"][1:2]) and torch.equal(occ_first, pairs["occ_bwd"][1:2])
+    released_occ = rerender_occlusion(pairs["flow_fwd"], pairs["flow_bwd"])[1]  # occlusion="released" by default
+    assert torch.equal(to_first, pairs["flow_bwd"][1:2]) and torch.equal(occ_first, released_occ[1:2])
     assert torch.equal(to_prev, pairs["flow_bwd"][2:3])
+    estimator = RerenderEditor(backbone, Estimators(flow="dis"), occlusion="estimator")
+    assert torch.equal(estimator._key_flows(task, keys, estimator._flows(task))[2][0][1], pairs["occ_bwd"][1:2])
     chained = RerenderEditor(backbone, Estimators(flow="dis"), key_flow="chained")._key_flows(task, keys, flows)
     assert not torch.equal(chained[2][0][0], to_first)
 

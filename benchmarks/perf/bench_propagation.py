@@ -22,7 +22,12 @@ non-occluded pixels, all consecutive pairs) of the propagated video next to that
 Variants: `paper` (the defaults: EbSynth's mean vote, the released code's temporal selection and Lab
 mean/std blend), `previous` (the defaults before issue 10: selective vote, error-tilted weights at
 temperature 10, per-pixel lower-error selection, full histogram blend), `ebsynth` (method=rerender_ebsynth:
-12 search/vote iterations, style weight 1, pyramid down to 11 px).
+12 search/vote iterations, style weight 1, pyramid down to 11 px, full patches), `before27` (the guides and
+blend before issue 27: grey Laplacian edge guide, bilinear guide warps, masked temporal guide, no Poisson,
+the estimator's occlusion), and each of those switches alone (`grey_edges`, `bilinear_guides`, `masked_temporal`,
+`no_poisson`, `sundaram_occlusion`, `xy_pos`). Propagation sees occlusion by the editor's default rule, the released code's
+(`vedit.ops.warp.rerender_occlusion`), unless a variant says `occlusion: estimator`; warp error keeps the
+clip's own occlusion (Sundaram's rule, or the synthetic scene's exact one).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import yaml
 import torch.nn.functional as F
 
 from vedit.ops.propagation import propagate_keyframes
-from vedit.ops.warp import backward_warp, occlusion_masks
+from vedit.ops.warp import backward_warp, occlusion_masks, rerender_occlusion
 from vedit.video import frames_to_uint8, read_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +53,12 @@ VARIANTS = {
     "paper": {},
     "previous": {"selective_vote": True, "blend_temperature": 10.0, "selection": "error", "blend": "histogram"},
     "ebsynth": yaml.safe_load((REPO / "conf/method/rerender_ebsynth.yaml").read_text())["params"]["propagation"],
+    "before27": {"edge_guide": "luminance", "guide_warp": "bilinear", "temporal_mask": True, "pos_guide": "xy",
+                 "poisson": False, "occlusion": "estimator"},
+    # one switch of issue 27 each, off the defaults
+    "grey_edges": {"edge_guide": "luminance"}, "bilinear_guides": {"guide_warp": "bilinear"},
+    "masked_temporal": {"temporal_mask": True}, "no_poisson": {"poisson": False}, "sundaram_occlusion": {"occlusion": "estimator"},
+    "xy_pos": {"pos_guide": "xy"},
 }
 
 
@@ -98,9 +109,15 @@ def warp_error(video: torch.Tensor, side: dict) -> float:
 
 def measure(video: torch.Tensor, side: dict, truth: torch.Tensor, keys: list[int], params: dict,
             device: torch.device, repeats: int) -> dict:
+    params = dict(params)
+    if params.pop("occlusion", "released") == "released":
+        occ_fwd, occ_bwd = rerender_occlusion(side["flow_fwd"], side["flow_bwd"])
+    else:
+        occ_fwd, occ_bwd = side["occ_fwd"], side["occ_bwd"]
+
     def run() -> torch.Tensor:
-        out = propagate_keyframes(video, keys, truth[keys], side["flow_fwd"], side["flow_bwd"], side["occ_fwd"],
-                                  side["occ_bwd"], device=device, **params)
+        out = propagate_keyframes(video, keys, truth[keys], side["flow_fwd"], side["flow_bwd"], occ_fwd, occ_bwd,
+                                  device=device, **params)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return out

@@ -32,8 +32,13 @@ fractions of the schedule, each end inclusive or not as the released code compar
 Flow between key frames (`key_flow`): `direct` (default, as the paper and released code) estimates
 the flow from key frame k straight to the first key frame and to the previous key frame
 (`Estimators.flow_between`); `chained` composes the adjacent-frame flows instead
-(`vedit.ops.warp.chain_to_first`), occluded where the chain breaks. Occlusion masks are dilated
-(9x9) and blurred (Gaussian, kernel 9, sigma 18) before blending, as in the reference implementation.
+(`vedit.ops.warp.chain_to_first`), occluded where the chain breaks. Occlusion (`occlusion`) is the
+released code's forward-backward rule (`vedit.ops.warp.rerender_occlusion`, plain norms) recomputed from
+the flows, for key frames and propagation alike ("estimator": the estimator's own masks). Occlusion
+masks are dilated (9x9) and blurred (Gaussian, kernel 9, sigma 18) before blending, as in the reference
+implementation. The pixel reference is noised with the same noise for every key frame (the released
+code reseeds before each; `pixel_fusion.reference_noise`), and its fidelity-oriented encoding rejects
+latent cells by the released rule (`pixel_fusion.fidelity_mask`, `vedit.ops.vae`).
 
 Colour correction (off by default): the inputs' Lab histograms are matched to a translation of frame
 0 from pure noise (paper Sec. 5.4), then the input's luminosity is put back (`restore_luminosity`, as
@@ -70,15 +75,16 @@ from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attentio
                                  self_attention_layers)
 from vedit.ops.cuda_graphs import Captured, capture
 from vedit.ops.ddim import DDIM, classifier_free_guidance
-from vedit.ops.propagation import key_chains, propagate_keyframes
+from vedit.ops.propagation import EDGE_GUIDES, GUIDE_WARPS, POS_GUIDES, key_chains, propagate_keyframes
 from vedit.ops.transfer import to_device
-from vedit.ops.vae import backbone_fidelity_encode
-from vedit.ops.warp import backward_warp, chain_to_first, pixel_grid, resize_flow
+from vedit.ops.vae import MASK_RULES, backbone_fidelity_encode
+from vedit.ops.warp import backward_warp, chain_to_first, pixel_grid, rerender_occlusion, resize_flow
 from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
 
 SCHEDULES = ("wavefront", "sequential")
 KEY_FLOWS = ("direct", "chained")
+OCCLUSIONS = ("released", "estimator")
 ADDED_PROMPT = "best quality, extremely detailed"
 NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
                    "cropped, worst quality, low quality")
@@ -91,7 +97,9 @@ PROPAGATION_PARAMS = set(inspect.signature(propagate_keyframes).parameters) - {
 PERIOD_ENDS = {"shape_fusion": (True, True), "pixel_fusion": (False, False), "color_adain": (True, True)}
 SHAPE_FUSION = {"enabled": True, "period": (0.0, 0.1)}
 PIXEL_FUSION = {"enabled": True, "period": (0.5, 0.8), "mask_strength": 0.5, "inner_strength": 0.9,
-                "smooth_boundary": True, "fidelity_threshold": 0.25}
+                "smooth_boundary": True, "fidelity_threshold": 0.25, "fidelity_mask": "released",
+                "reference_noise": "shared"}
+REFERENCE_NOISE = ("shared", "per_key")
 COLOR_ADAIN = {"enabled": True, "period": (0.8, 1.0)}
 
 
@@ -482,14 +490,18 @@ class RerenderEditor(Editor):
         "shape_fusion": P.fields({"enabled": P.boolean(), "period": P.period()}),
         "pixel_fusion": P.fields({"enabled": P.boolean(), "period": P.period(), "mask_strength": P.number(0, 1),
                                   "inner_strength": P.number(0, 1), "smooth_boundary": P.boolean(),
-                                  "fidelity_threshold": P.number(0)}),
+                                  "fidelity_threshold": P.number(0), "fidelity_mask": P.choice(*MASK_RULES),
+                                  "reference_noise": P.choice(*REFERENCE_NOISE)}),
         "color_adain": P.fields({"enabled": P.boolean(), "period": P.period()}),
         "color_correction": P.boolean(), "reuse_direct_pass": P.boolean(), "schedule": P.choice(*SCHEDULES),
+        "occlusion": P.choice(*OCCLUSIONS),
         "sampling_batch_size": P.integer(1, optional=True), "batch_multiple": P.integer(1, optional=True),
         "attention_kernels": P.subset(*SDPA_KERNELS, optional=True), "propagation_batch": P.integer(1, optional=True),
         "sampling_graphs": P.boolean(), "propagation_graphs": P.boolean(),
         "propagation": P.fields({"patch_size": P.integer(1), "iterations": P.integer(1),
-                                 "uniformity": P.number(0), "poisson": P.boolean()}, strict=False),
+                                 "uniformity": P.number(0), "poisson": P.boolean(), "edge_guide": P.choice(*EDGE_GUIDES),
+                                 "guide_warp": P.choice(*GUIDE_WARPS), "temporal_mask": P.boolean(),
+                                 "pos_guide": P.choice(*POS_GUIDES)}, strict=False),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 20, guidance_scale: float = 7.5,
@@ -503,7 +515,7 @@ class RerenderEditor(Editor):
                  attention_kernels: Sequence[str] | None = ("flash", "efficient", "math"),
                  sampling_graphs: bool = True, propagation_batch: int | None = None, propagation_graphs: bool = True,
                  added_prompt: str = ADDED_PROMPT,
-                 negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct") -> None:
+                 negative_prompt: str = NEGATIVE_PROMPT, key_flow: str = "direct", occlusion: str = "released") -> None:
         super().__init__(backbone, estimators)
         if not 0.0 < x0_strength <= 1.0:
             raise EditorError(f"rerender: x0_strength={x0_strength} must be in (0, 1] (1 = start from pure noise)")
@@ -515,6 +527,8 @@ class RerenderEditor(Editor):
             raise EditorError(f"rerender: schedule={schedule!r} is unknown; use one of {SCHEDULES}")
         if key_flow not in KEY_FLOWS:
             raise EditorError(f"rerender: key_flow={key_flow!r} is unknown; use one of {KEY_FLOWS}")
+        if occlusion not in OCCLUSIONS:
+            raise EditorError(f"rerender: occlusion={occlusion!r} is unknown; use one of {OCCLUSIONS}")
         if sampling_batch_size is not None and int(sampling_batch_size) < 1:
             raise EditorError(f"rerender: sampling_batch_size={sampling_batch_size} must be >= 1 (or null = no limit)")
         if batch_multiple is not None and int(batch_multiple) < 1:
@@ -540,6 +554,7 @@ class RerenderEditor(Editor):
         self.propagation_batch = None if propagation_batch is None else int(propagation_batch)
         self.propagation_graphs = bool(propagation_graphs)
         self.added_prompt, self.negative_prompt, self.key_flow = added_prompt or "", negative_prompt or "", key_flow
+        self.occlusion = occlusion
 
     @torch.no_grad()
     def warmup(self, size: tuple[int, int], num_frames: int = 2) -> None:
@@ -602,13 +617,21 @@ class RerenderEditor(Editor):
                 "check the flow estimator (estimators.flow=raft|dis|gt) or give the dataset's ground-truth flow"
             ) from e
         t, _, h, w = task.video.frames.shape
-        for key, channels in (("flow_bwd", 2), ("occ_bwd", 1)):
+        for key, channels in (("flow_fwd", 2), ("flow_bwd", 2), ("occ_bwd", 1)):
             value = flows.get(key) if isinstance(flows, dict) else None
             if value is None or tuple(value.shape) != (t - 1, channels, h, w):
                 got = None if value is None else tuple(value.shape)
                 raise EditorError(f"rerender: the flow estimator gave {key}={got} for video {task.video.id!r}; "
                                   f"expected {(t - 1, channels, h, w)}")
-        return flows
+        return self._with_occlusion(flows)
+
+    def _with_occlusion(self, flows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`flows` with occ_fwd / occ_bwd by the `occlusion` rule: "released" recomputes them from the flows
+        (`vedit.ops.warp.rerender_occlusion`), "estimator" keeps the estimator's (or the dataset's)."""
+        if self.occlusion == "estimator":
+            return flows
+        occ_fwd, occ_bwd = rerender_occlusion(flows["flow_fwd"], flows["flow_bwd"])
+        return {**flows, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}
 
     # -- the edit
 
@@ -660,7 +683,7 @@ class RerenderEditor(Editor):
         to the previous one), on the editor's device; `key_flow` says direct or chained."""
         if self.key_flow == "direct":
             pairs = sorted({(keys[0], k) for k in keys[1:]} | {(a, b) for a, b in zip(keys, keys[1:])})
-            direct = self.estimators.flow_between(task, pairs)
+            direct = self._with_occlusion(self.estimators.flow_between(task, pairs))
             at = {pair: n for n, pair in enumerate(pairs)}
 
             def pair(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -890,6 +913,14 @@ class _Sampler:
             x, _ = self.denoise(x, direction, self.start, key.control, key, fusion)
         return bb.decode_latents(x)
 
+    def reference_noise(self, index: int) -> torch.Tensor:
+        """(steps of the fusion period, *latent shape): the noise of the pixel reference at each fusion step.
+        "shared": the same for every key frame (the released code reseeds before each); "per_key": seeded
+        per key frame (video frame `index`)."""
+        offset = index if self.ed.pixel_fusion["reference_noise"] == "per_key" else 0
+        gen = torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + offset)
+        return torch.randn((len(self.pixel_steps), *self.noise.shape), generator=gen)
+
     def pixel_fusion(self, key: KeyFrame, direct: torch.Tensor, first_out: torch.Tensor, prev_out: torch.Tensor,
                      to_first, to_prev) -> PixelFusion:
         bb, cfg = self.bb, self.ed.pixel_fusion
@@ -901,9 +932,6 @@ class _Sampler:
         keep = 1 - soften_occlusion(occ_f * occ_p)
         weight = cfg["mask_strength"] * cell_min(keep, bb.vae_scale)
         rescale = inpainting_rescale(weight, cfg["inner_strength"], cfg["smooth_boundary"])
-        gen = torch.Generator("cpu").manual_seed(self.seed * 1_000_003 + key.index)
-        shape = self.noise.shape
-        noise = torch.randn((len(self.pixel_steps), *shape), generator=gen).to(dev, bb.dtype)
-        noise = dict(zip(self.pixel_steps, noise))
-        ref_latent = backbone_fidelity_encode(bb, reference, cfg["fidelity_threshold"])
+        noise = dict(zip(self.pixel_steps, self.reference_noise(key.index).to(dev, bb.dtype)))
+        ref_latent = backbone_fidelity_encode(bb, reference, cfg["fidelity_threshold"], cfg["fidelity_mask"])
         return PixelFusion(ref_latent, weight.to(dev, bb.dtype), rescale.to(dev, bb.dtype), noise)

@@ -239,7 +239,7 @@ class Estimators:
         """(T, 1, H, W) edge maps in [0, 1]: "canny" (thresholds low/high) or "hed"."""
         kind = _choose(kind or self.edges_method, EDGE_METHODS, "edges")
         if kind == "canny":
-            return self._cached(task, "edges-canny", {"low": low, "high": high},
+            return self._cached(task, "edges-canny", {"low": low, "high": high, "image": "rgb"},
                                 lambda: canny_edges(task.video.pixels, low, high))
         if self.hed_model is None:
             self.hed_model = load_hed(self.device)

@@ -15,8 +15,9 @@ HED_REPO, HED_FILE = "lllyasviel/Annotators", "ControlNetHED.pth"
 
 
 def canny_edges(frames: torch.Tensor, low: int = 50, high: int = 100) -> torch.Tensor:
-    """(T, 1, H, W) Canny edge maps in {0, 1}."""
-    maps = [cv2.Canny(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), low, high) for img in frames_to_uint8(frames)]
+    """(T, 1, H, W) Canny edge maps in {0, 1}, as ControlNet's annotator computes them: cv2.Canny on the
+    8-bit RGB image (per pixel, the gradient of the colour channel where it is strongest), not on grey."""
+    maps = [cv2.Canny(np.ascontiguousarray(img), low, high) for img in frames_to_uint8(frames)]
     return torch.from_numpy(np.stack(maps))[:, None].float() / 255.0
 
 

@@ -10,8 +10,9 @@ each with a per-pixel patch error. With `w` the temporal weight of a's result (`
    mean and unit std per Lab channel, blended with weights w and 1 - w, and the blend given the
    per-channel mean and std of the selected image. `histogram_blend` (ours, opt-in) matches the
    linear blend's full Lab histograms to the selected image instead.
-3. Optional screened Poisson blending toward the selected image's gradients (`released_poisson`: in
-   Lab with the released code's weights, solved by `poisson_blend`); off by default, as in the paper.
+3. Screened Poisson blending toward the selected image's gradients (`released_poisson`: in Lab with the
+   released code's weights, solved by `poisson_blend`); on by default in `propagate_keyframes`, as the
+   released pipeline runs it (rerender.py passes video_blend.py -ps unless -nps).
 `error_aware_weight` (ours, opt-in) tilts w per pixel toward the lower error.
 """
 

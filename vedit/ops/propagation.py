@@ -1,33 +1,49 @@
 """Propagate stylised key frames to the whole video (Rerender-A-Video Sec. 4.2, EbSynth-style).
 
 Each key frame is carried forward to the frames up to the next key frame and backward to the frames
-down to the previous one by guided patch synthesis (`vedit.ops.patchmatch`). Guides per target frame:
+down to the previous one by guided patch synthesis (`vedit.ops.patchmatch`). Guides per target frame,
+as the released code (video_blend.py, blender/guide.py) builds them:
 
     colour     the input frame                                     weight 6
-    edges      Laplacian of the input frame's luminance            weight 0.5
-    temporal   the previous propagated frame, warped by the flow   weight 0.5 (off where occluded)
+    edges      per colour channel, the 4-neighbour Laplacian       weight 0.5
+               (4 p - neighbours) clipped to [0, 1] (`edge_guide`)
+    temporal   the previous propagated frame, warped by the flow   weight 0.5
     positional a coordinate ramp carried from the key frame        weight 2
-               along the flow chain
+               along the flow chain (`pos_guide`: the released
+               image is (row, column, 0), so EbSynth gives each
+               coordinate a third of the weight)
 
 and on the source side the key frame's colour, edges, its stylised output and the un-warped ramp.
-The flow chain also seeds the NNF. The vote is EbSynth's plain mean of the overlapping patches.
-Frames between two key frames get both results, blended as the released code does
-(`vedit.ops.blend`: temporal selection carried along the flow, then the Lab mean/std blend).
+The temporal and positional guides are warped nearest-neighbour and their occluded pixels filled by
+OpenCV's TELEA inpainting (radius 30) (`guide_warp`); the temporal guide counts everywhere
+(`temporal_mask` false). The flow chain also seeds the NNF. The vote is EbSynth's plain mean of the
+overlapping patches. Frames between two key frames get both results, blended as the released code
+does (`vedit.ops.blend`: temporal selection carried along the flow, the Lab mean/std blend, then
+screened Poisson blending toward the selected result's gradients).
 
-Opt-in additions of ours (off by default; measured effect in conf/method/rerender.yaml):
+Opt-in variants of ours (off by default; measured effect in conf/method/rerender.yaml):
+`edge_guide="luminance"` (0.5 + Laplacian of the luminance, one channel), `guide_warp="bilinear"`
+(bilinear warps, no inpainting), `temporal_mask` (temporal guide off where occluded), `pos_guide="xy"`
+(the positional weight split over the 2 coordinates),
 `selective_vote` (each pixel takes the one overlapping-patch proposal whose key-frame colour best
 matches its own, `vedit.ops.patchmatch.selective_vote`) and `blend_temperature` (temporal blend
 weights tilted per pixel toward the lower error, `vedit.ops.blend.error_aware_weight`).
 
 Speed: a frame's temporal guide needs the previous frame's result, so chains are sequential; but all
 chains (forward and backward from every key frame) advance one frame per step in one batch, so a
-video with key interval K needs about K - 1 batched steps, whatever its length.
+video with key interval K needs about K - 1 batched steps, whatever its length. Inpainting runs on
+the CPU (OpenCV), one thread per image channel: the temporal guide in 8 bits as the released code, the
+positional guide in float (the released 8-bit ramp quantises coordinates to 1/255 of the frame).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,14 +54,56 @@ from vedit.ops.warp import backward_warp, pixel_grid
 
 DEFAULT_WEIGHTS = {"color": 6.0, "edge": 0.5, "temporal": 0.5, "pos": 2.0}
 SELECTIONS = ("temporal", "error")
+EDGE_GUIDES = ("released", "luminance")
+GUIDE_WARPS = ("nearest_inpaint", "bilinear")
+POS_GUIDES = ("released", "xy")
+INPAINT_RADIUS = 30  # the released code's cv2.inpaint radius
+
+
+def _laplacian(x: torch.Tensor, padding: str) -> torch.Tensor:
+    """Per channel: the 4-neighbour Laplacian (neighbours - 4 p)."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device, dtype=x.dtype)
+    c = x.shape[1]
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode=padding), kernel.view(1, 1, 3, 3).expand(c, 1, 3, 3), groups=c)
 
 
 def laplacian_edges(frames: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): 0.5 + Laplacian of the luminance, clamped to [0, 1]."""
+    """(B, 3, H, W) in [0, 1] -> (B, 1, H, W): 0.5 + Laplacian of the luminance, clamped to [0, 1] (ours)."""
     gray = (frames * torch.tensor([0.299, 0.587, 0.114], device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1)).sum(1, True)
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=frames.device, dtype=frames.dtype)
-    lap = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernel.view(1, 1, 3, 3))
-    return (0.5 + lap).clamp(0, 1)
+    return (0.5 + _laplacian(gray, "replicate")).clamp(0, 1)
+
+
+def released_edges(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, H, W): the released code's edge guide, per colour channel 4 p minus
+    the 4 neighbours (cv2.filter2D on the 8-bit frame: reflect-101 borders, negative values saturated to 0)."""
+    return (-_laplacian(frames, "reflect")).clamp(0, 1)
+
+
+def inpaint_telea(images: torch.Tensor, holes: torch.Tensor, radius: int = INPAINT_RADIUS,
+                  eight_bit: bool = False) -> torch.Tensor:
+    """Fill `holes` (B, 1, H, W), 1 = fill, of images (B, C, H, W) with OpenCV's TELEA inpainting on the CPU,
+    per channel in float32, or (`eight_bit`, values in [0, 1]) in 8 bits as the released code inpaints its
+    guide images, the hole pixels then taken from it (OpenCV fills the channels of an 8-bit colour image
+    independently: per channel is the same result, in parallel). Items without holes are returned as they are."""
+    masks = (holes[:, 0] > 0.5).to("cpu", torch.uint8).numpy()
+    todo = [b for b in range(images.shape[0]) if masks[b].any()]
+    if not todo:
+        return images
+    host = images[todo].to("cpu", torch.float32).numpy()
+    if eight_bit:
+        host = (host.clip(0, 1) * 255).round().astype(np.uint8)
+
+    def fill(job: tuple[int, int]) -> None:
+        k, c = job
+        host[k, c] = cv2.inpaint(np.ascontiguousarray(host[k, c]), masks[todo[k]], radius, cv2.INPAINT_TELEA)
+
+    jobs = [(k, c) for k in range(len(todo)) for c in range(host.shape[1])]
+    with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        list(pool.map(fill, jobs))  # OpenCV releases the GIL: the channels fill in parallel
+    filled = torch.from_numpy(host / 255.0 if eight_bit else host).to(images.device, images.dtype)
+    out = images.clone()
+    out[todo] = torch.where(holes[todo] > 0.5, filled, images[todo])
+    return out
 
 
 @dataclass
@@ -72,7 +130,8 @@ def key_chains(key_indices: list[int], num_frames: int) -> list[_Chain]:
 
 
 def _check(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tensor,
-           flows: dict[str, torch.Tensor | None], patch_size: int, blend: str, selection: str) -> None:
+           flows: dict[str, torch.Tensor | None], patch_size: int, blend: str, selection: str,
+           edge_guide: str, guide_warp: str, pos_guide: str) -> None:
     if source.ndim != 4 or source.shape[1] != 3:
         raise EditorError(f"propagate_keyframes: source must be (T, 3, H, W), got {tuple(source.shape)}")
     t, _, h, w = source.shape
@@ -94,6 +153,12 @@ def _check(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tens
         raise EditorError(f"propagate_keyframes: blend={blend!r} is not one of {BLEND_MODES}")
     if selection not in SELECTIONS:
         raise EditorError(f"propagate_keyframes: selection={selection!r} is not one of {SELECTIONS}")
+    if edge_guide not in EDGE_GUIDES:
+        raise EditorError(f"propagate_keyframes: edge_guide={edge_guide!r} is not one of {EDGE_GUIDES}")
+    if guide_warp not in GUIDE_WARPS:
+        raise EditorError(f"propagate_keyframes: guide_warp={guide_warp!r} is not one of {GUIDE_WARPS}")
+    if pos_guide not in POS_GUIDES:
+        raise EditorError(f"propagate_keyframes: pos_guide={pos_guide!r} is not one of {POS_GUIDES}")
 
 
 def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_outputs: torch.Tensor,
@@ -102,7 +167,9 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
                         iterations: int = 6, weights: dict[str, float] | None = None, uniformity: float = 3500.0,
                         feature_dims: int | None = 32, style_weight: float = 0.0, search_vote_iters: int = 1,
                         weighted_vote: bool = False, selective_vote: bool = False, selection: str = "temporal",
-                        blend: str = "meanstd", poisson: bool = False, blend_temperature: float | None = None,
+                        blend: str = "meanstd", poisson: bool = True, blend_temperature: float | None = None,
+                        edge_guide: str = "released", guide_warp: str = "nearest_inpaint", temporal_mask: bool = False,
+                        pos_guide: str = "released",
                         chain_batch: int | None = None, cuda_graphs: bool = False,
                         device: torch.device | str | None = None, seed: int = 0) -> torch.Tensor:
     """Fill the non-key frames of a video from its stylised key frames -> (T, 3, H, W) in [0, 1].
@@ -116,6 +183,9 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     alternations per level; `weighted_vote`, `selective_vote` other votes than the plain mean.
     Blending (`vedit.ops.blend`): `selection` "temporal" (released code) or "error" (lower error);
     `blend` one of BLEND_MODES; `poisson`; `blend_temperature` (None: purely temporal weights).
+    Guides: `edge_guide` one of EDGE_GUIDES; `guide_warp` "nearest_inpaint" (released code) or
+    "bilinear"; `temporal_mask` turns the temporal guide off where the flow is occluded; `pos_guide`
+    "released" (weight split over 3 channels, one of them constant) or "xy" (over the 2 coordinates).
     `chain_batch`: at most this many chains per synthesis call (None: all), which bounds the working
     memory of a long video's many chains; the frames are the same (random draws are made as for all
     chains at once). `cuda_graphs`: on CUDA, replay the PatchMatch iterations from graphs captured at
@@ -124,7 +194,7 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     """
     _check(source, key_indices, key_outputs,
            {"flow_fwd": flow_fwd, "flow_bwd": flow_bwd, "occ_fwd": occ_fwd, "occ_bwd": occ_bwd}, patch_size, blend,
-           selection)
+           selection, edge_guide, guide_warp, pos_guide)
     if chain_batch is not None and chain_batch < 1:
         raise EditorError(f"propagate_keyframes: chain_batch={chain_batch} must be >= 1 (or None: all chains at once)")
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -135,7 +205,9 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
     t, _, h, w = source.shape
     frames = source.to(device, torch.float32)
     keys = key_outputs.to(device, torch.float32)
-    edges = laplacian_edges(frames)
+    edges = released_edges(frames) if edge_guide == "released" else laplacian_edges(frames)
+    # the released guide image (row, column, 0) has 3 channels for EbSynth's split of the weight: 2/3 of it on (x, y)
+    pos_weight = weights["pos"] * (2 / 3 if pos_guide == "released" else 1.0)
     ramp_px = pixel_grid(h, w, device=device)
     norm = torch.tensor([max(w - 1, 1), max(h - 1, 1)], device=device, dtype=torch.float32).view(1, 2, 1, 1)
     flow_fwd, flow_bwd = flow_fwd.to(device, torch.float32), flow_bwd.to(device, torch.float32)
@@ -156,15 +228,15 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
             # Flow that samples the previous frame of the chain at this frame's pixels, and its occlusion.
             flow = torch.stack([flow_bwd[i - 1] if c.direction > 0 else flow_fwd[i] for c, i in zip(group, target_idx)])
             occ = torch.stack([occ_bwd[i - 1] if c.direction > 0 else occ_fwd[i] for c, i in zip(group, target_idx)])
-            pos = backward_warp(torch.stack([coords[id(c)] for c in group]), flow)
-            temporal = backward_warp(torch.stack([previous[id(c)] for c in group]), flow)
+            pos, temporal = _warp_guides(torch.stack([coords[id(c)] for c in group]),
+                                         torch.stack([previous[id(c)] for c in group]), flow, occ, guide_warp)
             slots = [c.slot for c in group]
             key_idx, styles = [key_indices[s] for s in slots], _rows(keys, slots)
             guides = [
                 Guide(_rows(frames, key_idx), _rows(frames, target_idx), weights["color"]),
                 Guide(_rows(edges, key_idx), _rows(edges, target_idx), weights["edge"]),
-                Guide(ramp_px.expand(len(group), -1, -1, -1) / norm, pos / norm, weights["pos"]),
-                Guide(styles, temporal, weights["temporal"], masked=True),
+                Guide(ramp_px.expand(len(group), -1, -1, -1) / norm, pos / norm, pos_weight),
+                Guide(styles, temporal, weights["temporal"], masked=temporal_mask),
             ]
             init = torch.stack([pos[:, 0].round().clamp(0, w - 1), pos[:, 1].round().clamp(0, h - 1)], 1).long()
             out, err, _ = guided_synthesis(
@@ -188,6 +260,19 @@ def propagate_keyframes(source: torch.Tensor, key_indices: list[int], key_output
             output[between] = _blend_between(prev, nxt, results, flow_bwd, selection, blend, poisson,
                                              blend_temperature)
     return output.clamp(0, 1).to(source.device)
+
+
+def _warp_guides(coords: torch.Tensor, previous: torch.Tensor, flow: torch.Tensor, occ: torch.Tensor,
+                 guide_warp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positional (pixel coordinates) and temporal guides of a step: the previous step's, warped."""
+    if guide_warp == "bilinear":
+        return backward_warp(coords, flow), backward_warp(previous, flow)
+    h, w = flow.shape[-2:]
+    pos, temporal = backward_warp(coords, flow, mode="nearest"), backward_warp(previous, flow, mode="nearest")
+    with ThreadPoolExecutor(2) as pool:  # both guides' inpainting at once (each on its own threads)
+        pos, temporal = pool.submit(inpaint_telea, pos, occ), pool.submit(inpaint_telea, temporal, occ, eight_bit=True)
+        pos, temporal = pos.result(), temporal.result()
+    return torch.stack([pos[:, 0].clamp(0, w - 1), pos[:, 1].clamp(0, h - 1)], 1), temporal  # 8-bit guides saturate
 
 
 def _rows(x: torch.Tensor, index: list[int]) -> torch.Tensor:

@@ -27,8 +27,9 @@ def _check_flow(image: torch.Tensor, flow: torch.Tensor) -> None:
                          "batch or size; resize the flow with resize_flow first")
 
 
-def backward_warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Sample `image` at p + flow(p) for every pixel p (border padding).
+def backward_warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
+                  padding_mode: str = "border") -> torch.Tensor:
+    """Sample `image` at p + flow(p) for every pixel p (`padding_mode` outside the frame: border or zeros).
 
     With `flow = flow_fwd[t]` and `image = frame[t + 1]`, the result is frame t+1 brought back to
     frame t's pixel grid.
@@ -40,7 +41,7 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear
     gx = 2.0 * coords[:, 0] / max(w - 1, 1) - 1.0
     gy = 2.0 * coords[:, 1] / max(h - 1, 1) - 1.0
     grid = torch.stack([gx, gy], dim=-1).to(image.dtype)
-    return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=True)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 def outside_frame(flow: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,28 @@ def occlusion_masks(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor) -> tuple[tor
         raise ValueError(f"occlusion_masks: flow_fwd {tuple(flow_fwd.shape)} and flow_bwd "
                          f"{tuple(flow_bwd.shape)} must have the same shape")
     return _fb_occlusion(flow_fwd, flow_bwd), _fb_occlusion(flow_bwd, flow_fwd)
+
+
+RERENDER_OCCLUSION_RULE = ("forward-backward check of the Rerender-A-Video released code (UnFlow's constants, plain "
+                           "norms): occluded where |f + b(p+f)| > 0.01 (|f(p)| + |b(p)|) + 0.5 (pixels), b(p+f) "
+                           "zero outside the frame")
+
+
+def rerender_occlusion(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released Rerender-A-Video code's forward-backward check -> (occ_fwd, occ_bwd), (N, 1, H, W) float.
+
+    Plain (not squared) norms, one threshold 0.01 (|f(p)| + |b(p)|) + 0.5 for both directions (both flows
+    read at p itself), the other flow sampled bilinearly with zeros outside the frame (so a pixel leaving
+    the frame is occluded once its flow exceeds about 0.5 px). See RERENDER_OCCLUSION_RULE.
+    """
+    if flow_fwd.shape != flow_bwd.shape:
+        raise ValueError(f"rerender_occlusion: flow_fwd {tuple(flow_fwd.shape)} and flow_bwd "
+                         f"{tuple(flow_bwd.shape)} must have the same shape")
+    f, b = flow_fwd.float(), flow_bwd.float()
+    bound = 0.01 * (f.norm(dim=1, keepdim=True) + b.norm(dim=1, keepdim=True)) + 0.5
+    occ_fwd = (f + backward_warp(b, f, padding_mode="zeros")).norm(dim=1, keepdim=True) > bound
+    occ_bwd = (b + backward_warp(f, b, padding_mode="zeros")).norm(dim=1, keepdim=True) > bound
+    return occ_fwd.float(), occ_bwd.float()
 
 
 def chain_to_first(flow_bwd: torch.Tensor, occ_bwd: torch.Tensor | None = None) -> torch.Tensor:
