@@ -194,9 +194,10 @@ class Estimators:
             self.flow_model = load_raft(self.raft_name, self.device)
         return self.flow_model
 
-    def depth(self, task: EditTask, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(T, 1, H, W), larger = nearer. `model`: a transformers DPTForDepthEstimation (dpt)."""
-        method = self.depth_method
+    def depth(self, task: EditTask, model: torch.nn.Module | None = None, method: str | None = None) -> torch.Tensor:
+        """(T, 1, H, W), larger = nearer. `model`: a transformers DPTForDepthEstimation (dpt); `method`:
+        this call's estimator instead of the configured one (an editor whose paper names one)."""
+        method = _choose(method or self.depth_method, DEPTH_METHODS, "depth")
         if method == "auto":
             method = "gt" if "depth" in task.side else "dpt"
         if method == "gt":
