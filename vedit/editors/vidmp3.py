@@ -4,7 +4,9 @@ One edit, top to bottom:
 
 1. preprocessing: VAE latents of the source frames; per frame the MotionGuide input, i.e. the
    correspondence map (the first frame's subject pixels colour-coded by their coordinates and
-   carried to every frame by the correspondence estimator) times the subject-masked depth map.
+   carried to every frame by SD-DINO nearest neighbours in the first frame, from the backbone's
+   SD 1.5 UNet and DINOv2: vedit/estimators/correspondence.py) times the subject-masked depth map
+   (Depth Anything V2).
 2. tuning: SD 1.5 inflated with the AnimateDiff motion modules (`UNetMotionModel`), spatial
    self-attention made sparse-causal (frame i attends to frame 1 and frame i-1, Tune-A-Video),
    MotionGuide vectors added to the value input of every temporal self-attention,
@@ -60,6 +62,7 @@ from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
 from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attend, attention_processors,
                                  self_attention_layers)
+from vedit.estimators.correspondence import DINO_MODEL, DINO_SIZE, SD_SIZE
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.windows import WEIGHTINGS, blend_windows, temporal_windows, window_weights
 from vedit.registry import EDITORS
@@ -70,6 +73,7 @@ BETA_SCHEDULES = ("linear", "scaled_linear")
 TUNE_ITERATIONS = ("per_window", "total")
 ANCHORS = ("video", "window")
 DEPTHS = ("depth_anything", "estimators")
+CORRESPONDENCES = ("sd_dino", "flow")
 GUIDE_CHANNELS = {"multiply": 3, "concat": 4, "correspondence": 3, "depth": 1}
 
 
@@ -270,7 +274,8 @@ class VidMP3Editor(Editor):
         "guide_resolution": P.integer(8), "gradient_checkpointing": P.boolean(), "vae_batch": P.integer(1),
         "attention_kernels": P.subset(*SDPA_KERNELS, optional=True), "beta_schedule": P.choice(*BETA_SCHEDULES),
         "set_alpha_to_one": P.boolean(), "tune_iterations": P.choice(*TUNE_ITERATIONS),
-        "anchor": P.choice(*ANCHORS), "depth": P.choice(*DEPTHS),
+        "anchor": P.choice(*ANCHORS), "depth": P.choice(*DEPTHS), "correspondence": P.choice(*CORRESPONDENCES),
+        "sd_size": P.integer(8), "dino_size": P.integer(14),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
@@ -280,7 +285,8 @@ class VidMP3Editor(Editor):
                  gradient_checkpointing: bool = False, vae_batch: int = 8,
                  attention_kernels: Sequence[str] | None = None, beta_schedule: str = "linear",
                  set_alpha_to_one: bool = True, tune_iterations: str = "per_window", anchor: str = "video",
-                 depth: str = "depth_anything") -> None:
+                 depth: str = "depth_anything", correspondence: str = "sd_dino", dino_model: str = DINO_MODEL,
+                 sd_size: int = SD_SIZE, dino_size: int = DINO_SIZE) -> None:
         super().__init__(backbone, estimators)
         if guide_input not in GUIDE_INPUTS:
             raise ValueError(f"vidmp3: guide_input={guide_input!r}; choose one of {GUIDE_INPUTS}")
@@ -298,9 +304,11 @@ class VidMP3Editor(Editor):
         self.vae_batch = vae_batch
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
         self.check_params({"beta_schedule": beta_schedule, "tune_iterations": tune_iterations, "anchor": anchor,
-                           "depth": depth})
+                           "depth": depth, "correspondence": correspondence, "sd_size": sd_size,
+                           "dino_size": dino_size})
         self.beta_schedule, self.set_alpha_to_one = beta_schedule, bool(set_alpha_to_one)
         self.tune_iterations, self.anchor, self.depth = tune_iterations, anchor, depth
+        self.correspondence, self.dino_model, self.sd_size, self.dino_size = correspondence, dino_model, sd_size, dino_size
         self._unet = None
 
     # -- model pieces -------------------------------------------------------------------------
@@ -398,7 +406,11 @@ class VidMP3Editor(Editor):
             raise EditorError(f"vidmp3: the subject mask ({source}) of video {task.video.id!r} is empty in the "
                               "first frame; MotionGuide needs the subject there: try another estimators.masks "
                               "(none: the whole frame)")
-        corr = self.estimators.correspondence(task) if self.guide_input != "depth" else None
+        corr = None
+        if self.guide_input != "depth":  # the paper's SD-DINO on the (untuned) SD 1.5 UNet, or chained flow
+            corr = self.estimators.correspondence(task, self.correspondence, backbone=self.backbone,
+                                                  prompt=task.source_prompt, dino_model=self.dino_model,
+                                                  sd_size=self.sd_size, dino_size=self.dino_size)
         depth = None
         if self.guide_input != "correspondence":
             if self.depth == "depth_anything":  # the paper's: ground truth where the dataset has it, else DA V2
