@@ -9,8 +9,8 @@ import torch
 from vedit.backbones import build_backbone
 from vedit.errors import EstimatorError
 from vedit.estimators import Estimators
-from vedit.estimators.correspondence import (DINO_MODEL, _decoder_taps, fuse, grid_to_pixels, nearest_in_first,
-                                             pca_pair, sd_dino_correspondence)
+from vedit.estimators.correspondence import (DINO_MODEL, _decoder_taps, fuse, grid_to_pixels, load_dinov2,
+                                             nearest_in_first, pca_pair, sd_dino_correspondence)
 from vedit.task import EditTask
 from vedit.video import Video
 
@@ -131,3 +131,9 @@ def test_vidmp3_default_correspondence_loads_dinov2_from_the_hub_cache(backbone,
     assert flow_maps.shape == maps.shape and (flow_maps - maps).abs().max() > 1e-3
     with pytest.raises(EstimatorError, match=r"facebook/dinov2-large.*dino_model.*correspondence=flow"):
         Estimators().correspondence(task, "sd_dino", backbone, dino_model="facebook/dinov2-large")
+
+
+def test_tiny_dinov2_variant_is_seeded_and_offline():
+    a, b = load_dinov2("tiny"), load_dinov2("tiny")
+    assert a.config.hidden_size == 16 and a.config.patch_size == 14
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

@@ -35,9 +35,17 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def load_dinov2(model_id: str = DINO_MODEL, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """transformers Dinov2Model from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only)."""
-    from transformers import Dinov2Model
+    """transformers Dinov2Model from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only);
+    "random": the ViT-B/14 architecture with seeded random weights (benchmarks: the same compute),
+    "tiny": a 2-layer, 16-wide one (tests)."""
+    from transformers import Dinov2Config, Dinov2Model
 
+    if model_id in ("random", "tiny"):
+        small = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=20)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = Dinov2Model(Dinov2Config(image_size=518, **(small if model_id == "tiny" else {})))
+        return model.eval().to(device)
     try:
         model = Dinov2Model.from_pretrained(model_id)
     except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
