@@ -69,7 +69,8 @@ def test_grid_cells_of_a_wide_frame_on_the_padded_square():
     torch.testing.assert_close(y[:, 0], (torch.tensor([7.0, 21, 35, 49], dtype=torch.float64) - 7) / 0.875 - 0.5)
     assert inside.view(4, 4).all()  # rows 7..48 of the square touch all four cell rows
     cells = pixel_cell.view(48, 64)
-    assert cells[0, 0] == 0 and cells[47, 63] == 15 and cells[8, 16] == 5  # pixel (16, 8) -> square (14.4, 14.4): row 1, column 1
+    assert cells[0, 0] == 0 and cells[47, 63] == 15
+    assert cells[8, 16] == 5  # pixel (16, 8) -> square (14.4, 14.4): row 1, column 1
     _, inside_tall, _ = grid_to_pixels(64, 16, 56, 4)  # 14 columns wide, centred: columns 21..34
     assert inside_tall.view(4, 4).all(dim=0).tolist() == [False, True, True, False]
 
@@ -115,7 +116,8 @@ def test_vidmp3_default_correspondence_loads_dinov2_from_the_hub_cache(backbone,
     mask = torch.zeros(3, 1, 48, 64)
     mask[:, :, 8:40, 10:50] = 1
     depth = torch.rand(3, 1, 48, 64, generator=g)
-    task = EditTask(Video(frames, fps=8.0, id="wide"), "a red square", "a blue ball", side={"mask": mask, "depth": depth})
+    task = EditTask(Video(frames, fps=8.0, id="wide"), "a red square", "a blue ball",
+                    side={"mask": mask, "depth": depth})
     est = Estimators(cache_dir=tmp_path / "cache")
     ed = VidMP3Editor(backbone, estimators=est, sd_size=64, dino_size=56)
     assert (ed.correspondence, ed.dino_model) == ("sd_dino", "facebook/dinov2-base")

@@ -357,7 +357,8 @@ def test_registry_and_config_agree():
 def _run(tmp_path, *overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["method=tokenflow", "backbone=tiny", "metrics=tiny",
-                                           "method.params.steps=2", "method.params.inversion_steps=4", f"store_dir={tmp_path / 'store'}",
+                                           "method.params.steps=2", "method.params.inversion_steps=4",
+                                           f"store_dir={tmp_path / 'store'}",
                                            f"cache_dir={tmp_path / 'cache'}", *overrides])
     return run(cfg)
 

@@ -308,7 +308,8 @@ class VidMP3Editor(Editor):
                            "dino_size": dino_size})
         self.beta_schedule, self.set_alpha_to_one = beta_schedule, bool(set_alpha_to_one)
         self.tune_iterations, self.anchor, self.depth = tune_iterations, anchor, depth
-        self.correspondence, self.dino_model, self.sd_size, self.dino_size = correspondence, dino_model, sd_size, dino_size
+        self.correspondence, self.dino_model = correspondence, dino_model
+        self.sd_size, self.dino_size = sd_size, dino_size
         self._unet = None
 
     # -- model pieces -------------------------------------------------------------------------
