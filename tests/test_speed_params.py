@@ -26,7 +26,7 @@ CASES = {
                  {"schedule": "sequential", "reuse_direct_pass": False, "sampling_batch_size": 1,
                   "batch_multiple": None, "attention_kernels": ["math"], "propagation_batch": 1,
                   "sampling_graphs": False, "propagation_graphs": False}),
-    "tokenflow": ("sd21", {"steps": 3, "batch_size": 3},
+    "tokenflow": ("sd21", {"steps": 3, "inversion_steps": 9, "batch_size": 3},
                   {"unet_batch": 1, "vae_batch": 1, "attention_kernels": ["math"]}),
     "vidmp3": ("sd15-animatediff", {"steps": 2, "tune_steps": 2, "guide_resolution": 32},
                {"gradient_checkpointing": True, "vae_batch": 1, "attention_kernels": ["math"]}),

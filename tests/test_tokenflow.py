@@ -45,7 +45,8 @@ def moving_task(frames: int = 10) -> EditTask:
 
 
 def editor(bb, **kw) -> TokenFlowEditor:
-    return TokenFlowEditor(bb, **{"steps": STEPS, **kw})
+    """STEPS sampling steps, inverted with as many (the default, 500, is tested on its own)."""
+    return TokenFlowEditor(bb, **{"steps": STEPS, "inversion_steps": None, **kw})
 
 
 # ---- propagation, key frames and pairs: constructed known answers -------------------------------
@@ -97,6 +98,19 @@ def test_keyframe_pairs_nearest_and_released():
     assert (int(a[17]), int(b[17])) == (2, 1)
 
 
+def test_released_pairing_weights_known_answer():
+    """The released TokenFlowBlock: frame s of batch b blends the key frames of batches b and b-1 with
+    w = sigmoid(d2 / (d1 + d2)), d1, d2 = |s - centre of b|, |s - centre of b-1| (centres 4, 12, 20).
+    Batch 1 (frames 8..15): d1 = 4, 3, 2, 1, 0, 1, 2, 3 and d2 = 4..11."""
+    keys = torch.tensor([1, 14, 17])  # drawn key frames; the weights depend on the batch centres only
+    a, b, w = keyframe_pairs(keys, 24, 8, "released")
+    ratios = torch.tensor([4 / 8, 5 / 8, 6 / 8, 7 / 8, 8 / 8, 9 / 10, 10 / 12, 11 / 14], dtype=torch.float64)
+    expected = torch.cat([torch.ones(8, dtype=torch.float64), torch.sigmoid(ratios), torch.sigmoid(ratios)])
+    torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-12)
+    assert a.tolist() == [0] * 8 + [1] * 8 + [2] * 8 and b.tolist() == [0] * 8 + [0] * 8 + [1] * 8
+    assert 0.62 < float(w[8:].min()) < 0.623 and 0.731 < float(w[8:].max()) < 0.732  # own key frame weighs more
+
+
 def test_non_key_frame_attention_output_is_the_blend_of_its_key_frames_at_matched_tokens(bb64):
     """In the UNet: record one self-attention layer's input and output in the key and propagation passes."""
     task = moving_task(frames=16)
@@ -105,7 +119,7 @@ def test_non_key_frame_attention_output_is_the_blend_of_its_key_frames_at_matche
     handle = bb64.unet.get_submodule(layer).register_forward_hook(
         lambda m, args, out: calls.append((args[0].clone(), out.clone())))
     try:
-        editor(bb64, steps=2, keyframes="fixed").edit(task)  # key frames 4 and 12
+        editor(bb64, steps=2, keyframes="fixed", pairing="nearest").edit(task)  # key frames 4 and 12
     finally:
         handle.remove()
     (key_in, key_out), (prop_in, prop_out) = calls[2:4]  # calls 0-1: inversion; then step 0
@@ -125,7 +139,8 @@ def test_non_key_frame_attention_output_is_the_blend_of_its_key_frames_at_matche
 
 # ---- whole edits ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw", [{}, {"pairing": "released", "propagation": False}, {"variant": "sdedit"}])
+@pytest.mark.parametrize("kw", [{}, {"pairing": "nearest", "propagation": False}, {"variant": "sdedit"},
+                                {"inversion_steps": 9}])
 def test_identical_frames_edit_identically(bb64, kw):
     frames = editor(bb64, **kw).edit(random_task(frames=10, identical=True)).frames
     for f in range(1, 10):
@@ -174,7 +189,7 @@ def test_resnet_injection_copies_source_rows_while_active(bb64):
 
 
 @pytest.mark.parametrize("switch", [
-    {"propagation": False}, {"pnp": False}, {"keyframes": "fixed"}, {"pairing": "released"},
+    {"propagation": False}, {"pnp": False}, {"keyframes": "fixed"}, {"pairing": "nearest"},
     {"pnp_f_t": 0.0}, {"pnp_attn_t": 0.0}, {"variant": "sdedit"}, {"inversion_prompt": None},
 ])
 def test_switches_change_the_edit(bb64, default_edit, switch):
@@ -204,22 +219,67 @@ def test_inversion_keeps_the_latents_at_the_sampling_timesteps(bb64):
         inv = DDIM(bb64.scheduler(), ed.inversion_steps)
         assert [int(inv.timesteps[k]) for k in kept] == [751, 501, 251, 1]
         reference = inv.invert(x0, eps)
-        torch.testing.assert_close(ed.invert(x0, emb[:1]), torch.stack([reference[k] for k in kept] + [x0]))
+        trajectory, noisiest = ed.invert(x0, emb[:1])
+        torch.testing.assert_close(trajectory, torch.stack([reference[k] for k in kept] + [x0]))
+        torch.testing.assert_close(noisiest, reference[0])  # t = 751 (4 steps), 876 (8 steps)
     with pytest.raises(EditorError, match="inversion_steps=6"):
         TokenFlowEditor(bb64, steps=4, inversion_steps=6).invert(x0, emb[:1])
 
 
-def test_inversion_cache_is_shared_between_target_prompts(bb64):
-    task, cache = random_task(frames=3), {}
-    ed = editor(bb64, latent_cache=cache)
-    first = ed.edit(task)
-    task.target_prompt = "a green triangle"
-    second = ed.edit(task)
+def test_default_inversion_is_the_released_500_steps_through_the_50_sampling_timesteps(bb64):
+    ed = TokenFlowEditor(bb64)
+    assert (ed.inversion_steps, ed.steps, ed.pairing, ed.start_latent) == (500, 50, "released", "released")
+    inv, sampling = DDIM(bb64.scheduler(), 500).timesteps.tolist(), DDIM(bb64.scheduler(), 50).timesteps.tolist()
+    assert inv[:2] == [999, 997] and inv[-1] == 1 and set(sampling) <= set(inv)  # 981, 961, ..., 1 all kept
+    assert ed.noisiest_timestep() == 999
+
+
+def test_inversion_runs_its_steps_once_per_video_and_prompt(bb64):
+    """UNet calls: 9 inversion steps (all frames in one call) + 2 per sampling step; a second target
+    prompt on the video reads the cached inversion and runs the sampling calls only."""
+    task, cache, calls = random_task(frames=3), {}, []
+    handle = bb64.unet.register_forward_pre_hook(lambda m, args: calls.append(1))
+    try:
+        ed = editor(bb64, inversion_steps=9, latent_cache=cache)
+        first = ed.edit(task)
+        n_first = len(calls)
+        task.target_prompt = "a green triangle"
+        second = ed.edit(task)
+    finally:
+        handle.remove()
+    assert n_first == 9 + 2 * STEPS and len(calls) - n_first == 2 * STEPS
+    assert (first.info["inversion_steps"], second.info["inversion_steps"]) == (9, 0)
     assert not first.info["inversion_cached"] and second.info["inversion_cached"] and len(cache) == 1
-    (key, trajectory), = cache.items()
-    assert trajectory.shape == (STEPS + 1, 3, 4, 8, 8) and task.video.content_hash() in key
+    (key, entry), = cache.items()
+    assert entry["trajectory"].shape == (STEPS + 1, 3, 4, 8, 8) and entry["noisiest"].shape == (3, 4, 8, 8)
+    assert task.video.content_hash() in key and 9 in key
     task.target_prompt = "a blue circle"
     torch.testing.assert_close(ed.edit(task).frames, first.frames, rtol=0, atol=0)  # cached == fresh
+
+
+@pytest.mark.parametrize("start_latent", ["released", "inverted"])
+def test_start_latent_is_the_clean_latent_renoised_with_the_noisiest_inversion_noise(bb64, start_latent):
+    """3 sampling steps (t = 667, 334, 1) inverted with 9 (noisiest t = 889): the released code's
+    get_ddim_eps + scheduler.add_noise, written with diffusers' DDIMScheduler."""
+    task, cache, seen = random_task(frames=2, seed=4), {}, []
+    handle = bb64.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        result = editor(bb64, inversion_steps=9, latent_cache=cache, start_latent=start_latent).edit(task)
+    finally:
+        handle.remove()
+    assert TokenFlowEditor(bb64, steps=3, inversion_steps=9).noisiest_timestep() == 889
+    (entry,) = cache.values()
+    x0, noisiest = entry["trajectory"][-1], entry["noisiest"]
+    scheduler = bb64.scheduler()
+    a = scheduler.alphas_cumprod.double()
+    eps = (noisiest - a[889] ** 0.5 * x0) / (1 - a[889]) ** 0.5
+    released = scheduler.add_noise(x0, eps, torch.tensor([667]))
+    expected = released if start_latent == "released" else entry["trajectory"][0]
+    key = result.info["keyframes"][0][0]
+    key_pass = seen[9]  # after 9 inversion calls: rows [source; uncond; cond] of the one key frame
+    torch.testing.assert_close(key_pass[1:2], expected[key:key + 1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(key_pass[0:1], entry["trajectory"][0][key:key + 1])  # the source row
+    assert (released - entry["trajectory"][0]).abs().max() > 1e-3  # the two rules differ here
 
 
 def test_sdedit_starts_where_the_released_code_does(bb64):
@@ -289,14 +349,16 @@ def test_registry_and_config_agree():
     assert (p["variant"], p["steps"], p["guidance_scale"], p["batch_size"]) == ("pnp", 50, 7.5, 8)
     assert (p["pnp_f_t"], p["pnp_attn_t"], p["inversion_prompt"]) == (0.8, 0.5, "")
     ed = TokenFlowEditor(build_backbone("tiny", "sd21"), **p)
-    assert ed.inversion_steps == 50 and ed.negative_prompt.startswith("ugly")
+    assert ed.inversion_steps == 500 and ed.negative_prompt.startswith("ugly")
+    assert (ed.pairing, ed.start_latent) == ("released", "released")
     assert len(ed.pnp_layers) == len([n for n in ed.layer_names if n.startswith("up_blocks.")]) - 1
 
 
 def _run(tmp_path, *overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["method=tokenflow", "backbone=tiny", "metrics=tiny",
-                                           "method.params.steps=2", f"store_dir={tmp_path / 'store'}",
+                                           "method.params.steps=2", "method.params.inversion_steps=4",
+                                           f"store_dir={tmp_path / 'store'}",
                                            f"cache_dir={tmp_path / 'cache'}", *overrides])
     return run(cfg)
 

@@ -316,17 +316,20 @@ def test_windows_and_their_weights_known_answers():
 
 
 def test_video_noise_prediction_is_the_weighted_mean_of_the_windows_predictions(backbone, editor):
+    """Each window anchored on its own first frame (anchor: window), so each is a plain clip."""
+    ed = VidMP3Editor(backbone, anchor="window")
+    ed._unet = editor.unet
     x = torch.randn(1, 20, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     text = backbone.encode_prompt("a red square")
-    widths = {editor.unet.get_submodule(n).to_v.in_features for n in temporal_attention_layers(editor.unet)}
+    widths = {ed.unet.get_submodule(n).to_v.in_features for n in temporal_attention_layers(ed.unet)}
     vectors = {w: torch.randn(20, w, generator=torch.Generator().manual_seed(w)) for w in widths}
     state = GuideState(weight=0.1)
-    with torch.no_grad(), attention_processors(editor.unet, editor.processors(state)):
-        video = editor.eps_video(x, 500, text, state, vectors)
+    with torch.no_grad(), attention_processors(ed.unet, ed.processors(state)):
+        video = ed.eps_video(x, 500, text, state, vectors)
         per_window = []
         for s, e in [(0, 16), (4, 20)]:
             state.num_frames, state.vectors = e - s, {w: v[s:e] for w, v in vectors.items()}
-            per_window.append(editor.eps(x[:, s:e], 500, text))
+            per_window.append(ed.eps(x[:, s:e], 500, text))
     a, b = per_window
     torch.testing.assert_close(video[:, :4], a[:, :4])  # frames only the first window sees
     torch.testing.assert_close(video[:, 16:], b[:, 12:])  # frames only the second window sees
@@ -339,11 +342,116 @@ def test_a_forty_frame_video_edits_to_forty_frames_with_tuning_on_its_windows(ba
     result = editor.edit(synthetic_task(40))
     assert result.frames.shape == (40, 3, 64, 64) and torch.isfinite(result.frames).all()
     assert result.info["windows"] == [[0, 16], [12, 28], [24, 40]] and result.info["mask_source"] == "gt"
-    ed = VidMP3Editor(backbone, tune_steps=300)
+    ed = VidMP3Editor(backbone, tune_steps=300, tune_iterations="total")
     schedule = ed.tune_schedule(40, torch.Generator().manual_seed(0))
     assert len(schedule) == 300 and set(schedule) == set(ed.windows(40))  # every edited window is tuned
     assert max(schedule.count(w) for w in set(schedule)) < 130  # uniformly (100 expected each)
     assert ed.tune_schedule(16) == [(0, 16)] * 300  # a clip that fits is tuned whole
+
+
+@pytest.mark.parametrize("frames,windows", [(50, 4), (80, 7)])
+def test_every_window_gets_the_papers_100_tuning_iterations(backbone, frames, windows):
+    per_window = VidMP3Editor(backbone).tune_schedule(frames)
+    assert len(set(per_window)) == windows and set(per_window) == set(VidMP3Editor(backbone).windows(frames))
+    assert all(per_window.count(w) == 100 for w in set(per_window)) and len(per_window) == 100 * windows
+    assert per_window[:windows] == VidMP3Editor(backbone).windows(frames)  # interleaved: 1, 2, .., k, 1, ..
+    total = VidMP3Editor(backbone, tune_iterations="total").tune_schedule(frames, torch.Generator().manual_seed(0))
+    assert len(total) == 100 and set(total) <= set(per_window)
+    assert VidMP3Editor(backbone, tune_iterations="total").tune_schedule(16) == [(0, 16)] * 100
+
+
+@pytest.mark.parametrize("anchor", ["video", "window"])
+def test_every_window_anchors_sparse_causal_attention_on_the_videos_first_frame(backbone, editor, anchor):
+    """Windows (0, 16), (4, 20): in the second window's UNet call, frame i of a spatial self-attention
+    layer attends to [anchor; frame i-1] with the anchor the first window's frame 0 (video) or the
+    second window's own first frame, video frame 4 (window). Known answer from the recorded inputs."""
+    ed = VidMP3Editor(backbone, anchor=anchor)
+    ed._unet = editor.unet
+    name = "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    attn = ed.unet.get_submodule(name)
+    calls = []
+    handle = attn.register_forward_hook(lambda m, args, kwargs, out: calls.append((args[0] if args else
+                                        kwargs["hidden_states"], out)), with_kwargs=True)
+    x = torch.randn(2, 20, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # 2 clips: both CFG branches
+    text = backbone.encode_prompt(["", "a red square"])
+    state = GuideState(weight=0.1)
+    try:
+        with torch.no_grad(), attention_processors(ed.unet, ed.processors(state)):
+            ed.eps_video(x, 500, text, state, {})
+    finally:
+        handle.remove()
+    assert len(calls) == 2 and not state.anchors  # one call per window; anchors dropped after the step
+    (first_in, _), (second_in, second_out) = [(i.unflatten(0, (2, 16)), o.unflatten(0, (2, 16))) for i, o in calls]
+    anchor_frame = first_in[:, 0] if anchor == "video" else second_in[:, 0]
+    with torch.no_grad():
+        for i in (0, 1, 7, 15):
+            kv = torch.cat([anchor_frame, second_in[:, max(i - 1, 0)]], dim=1)
+            expected = AttnProcessor2_0()(attn, second_in[:, i], encoder_hidden_states=kv)
+            torch.testing.assert_close(second_out[:, i], expected, atol=1e-5, rtol=1e-5)
+    assert (first_in[:, 0] - second_in[:, 0]).abs().max() > 1e-3  # the two anchors differ
+
+
+def test_tuning_a_later_window_first_records_the_videos_first_frame_without_gradients(backbone, editor):
+    """20 frames, windows (0, 16), (4, 20), 2 iterations each: the second window's iterations are each
+    preceded by a no-gradient pass over the first window on the same noisy latents (the anchor)."""
+    ed = VidMP3Editor(backbone, steps=1, tune_steps=2, guide_resolution=32)
+    ed._unet = editor.unet
+    calls = []
+    handle = ed.unet.register_forward_pre_hook(
+        lambda m, args: calls.append((args[0][0, 0, :, 0, 0].clone(), torch.is_grad_enabled())))
+    try:
+        result = ed.edit(synthetic_task(20))
+    finally:
+        handle.remove()
+    assert result.info["tune_iterations"] == 4 and result.info["windows"] == [[0, 16], [4, 20]]
+    tuning = calls[:6]
+    assert [grad for _, grad in tuning] == [True, False, True, True, False, True]
+    total = VidMP3Editor(backbone, steps=1, tune_steps=2, guide_resolution=32, tune_iterations="total")
+    total._unet = editor.unet
+    assert total.edit(synthetic_task(20)).info["tune_iterations"] == 2
+
+
+def test_noise_schedule_is_animatediffs_linear_betas(backbone, editor):
+    """AnimateDiff configs/inference/inference-v2.yaml: linear betas 0.00085..0.012 over 1000 steps,
+    DDIMScheduler's default set_alpha_to_one; SD's scaled_linear is the switch."""
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64)
+    sched = editor.scheduler()
+    torch.testing.assert_close(sched.betas.double(), betas, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(sched.alphas_cumprod.double(), torch.cumprod(1 - betas, 0), rtol=1e-5, atol=1e-7)
+    assert float(sched.final_alpha_cumprod) == 1.0 and sched.config.steps_offset == 1
+    sd = VidMP3Editor(backbone, beta_schedule="scaled_linear", set_alpha_to_one=False).scheduler()
+    torch.testing.assert_close(sd.betas.double(), torch.linspace(0.00085**0.5, 0.012**0.5, 1000).double() ** 2,
+                               rtol=1e-5, atol=1e-9)
+    assert float(sd.final_alpha_cumprod) == pytest.approx(1 - 0.00085)
+    task = video_task(n=3, **square_clip(3, 64, half=8, velocity=(2.0, 0.0)))
+    switched = VidMP3Editor(backbone, steps=2, tune_steps=2, guide_resolution=32, beta_schedule="scaled_linear")
+    switched._unet = editor.unet
+    assert (editor.edit(task).frames - switched.edit(task).frames).abs().max() > 1e-4  # the edit uses it
+
+
+def test_depth_is_depth_anything_v2_unless_the_dataset_has_ground_truth(backbone, editor):
+    from test_depth import tiny_depth_anything
+
+    from vedit.estimators import Estimators
+    from vedit.estimators.depth import depth_anything_depth, dpt_depth
+
+    clip = square_clip(3, 64, half=8, velocity=(2.0, 0.0))
+    no_depth = video_task(n=3, mask=clip["mask"], correspondence=clip["correspondence"])
+    da = tiny_depth_anything()
+    expected = {"depth_anything": depth_anything_depth(no_depth.video.frames, da),
+                "estimators": dpt_depth(no_depth.video.frames, backbone.depth_estimator)}  # estimators.depth=auto
+    got = {}
+    for depth, want in expected.items():
+        ed = VidMP3Editor(backbone, depth=depth, estimators=Estimators(depth_model=da))
+        ed._unet = editor.unet
+        got[depth], mask, _ = ed.guide_maps(no_depth)
+        torch.testing.assert_close(got[depth], guide_input("multiply", clip["correspondence"], want, mask))
+    assert (got["depth_anything"] - got["estimators"]).abs().max() > 1e-3  # (maps: depth / its maximum)
+    with_gt = video_task(n=3, **clip)
+    maps, mask, _ = VidMP3Editor(backbone, estimators=Estimators(depth_model=da)).guide_maps(with_gt)
+    torch.testing.assert_close(maps, guide_input("multiply", clip["correspondence"], clip["depth"], mask))
+    with pytest.raises(EditorError, match="depth='midas'"):
+        VidMP3Editor(backbone, depth="midas")
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -364,9 +472,9 @@ def test_a_constant_video_shows_no_seam_at_window_boundaries(backbone, editor, s
 
     blended = steps_between_frames(4)
     within = blended[:11].max()  # frames 0..11: the first window alone, i.e. one clip
-    assert blended.max() < 1.3 * within, (blended.max() / within)
+    assert blended.max() < 1.15 * within, (blended.max() / within)  # 1.00-1.02 measured
     hard = steps_between_frames(0)  # windows (0, 16), (16, 32), (24, 40): a hard switch at 15 -> 16
-    assert hard[15] > 1.3 * within, (hard[15] / within)
+    assert hard[15] > 1.15 * within, (hard[15] / within)  # 1.2-1.9 measured (AnimateDiff betas)
 
 
 def test_non_square_frames_that_are_multiples_of_8_edit_at_their_size(editor):

@@ -6,7 +6,7 @@
         --frames 10 --size 64 --steps 2 --peer --out /tmp/tf.json            # smoke test
 
 The video is random smooth frames. The timed edit is the whole method: VAE encoding, DDIM inversion
-of every frame (`--steps` steps, as many as sampling), PnP sampling with key frames and token
+of every frame (the method's default 500 steps, the released preprocess), PnP sampling with key frames and token
 propagation, VAE decoding; the target is <= 1.0 s per frame in total.
 
 `--peer` runs the released code's structure (omerbt/TokenFlow run_tokenflow_pnp.py) on the same
@@ -77,7 +77,7 @@ def main() -> None:
     n = args.frames
 
     # Warm-up on the same shapes with 2 steps (kernels, allocator, cudnn autotuning).
-    tokenflow.TokenFlowEditor(bb, steps=2, unet_batch=args.unet_batch).edit(task)
+    tokenflow.TokenFlowEditor(bb, steps=2, inversion_steps=None, unet_batch=args.unet_batch).edit(task)
     print(f"backbone built in {build_s:.1f}s; warm-up done", flush=True)
     editor = tokenflow.TokenFlowEditor(bb, steps=args.steps, unet_batch=args.unet_batch)
     timings, wall, peak, info = timed_edit(editor, task, device)
@@ -97,7 +97,7 @@ def main() -> None:
         sdpa_attend, tokenflow.attend = tokenflow.attend, released_attend  # looked up at call time
         try:
             peer = tokenflow.TokenFlowEditor(bb, steps=args.steps, unet_batch=8, pairing="released")
-            tokenflow.TokenFlowEditor(bb, steps=2, unet_batch=8, pairing="released").edit(peer_task)  # warm-up
+            tokenflow.TokenFlowEditor(bb, steps=2, inversion_steps=None, unet_batch=8).edit(peer_task)  # warm-up
             p_timings, p_wall, p_peak, p_info = timed_edit(peer, peer_task, device)
         finally:
             tokenflow.attend = sdpa_attend

@@ -20,7 +20,7 @@ for b in "${@:-pix2video rerender propagation vidmp3}"; do
       vidmp3)      cmd="benchmarks/perf/bench_vidmp3.py --backbone random --device cuda --dtype $DT --frames 16 --size 512 --tune-steps 100 --steps 50 --peer ${VM_ARGS:-}" ;;
       cli)         cmd="$CLI --methods pix2video rerender tokenflow --frames 50"; limit=${BENCH_TIMEOUT:-590} ;;
       cli_scaling) cmd="$CLI --methods pix2video rerender --frames 16 128 --videos 1"; limit=${BENCH_TIMEOUT:-590} ;;
-      cli_vidmp3)  cmd="$CLI --methods vidmp3 --frames 80 --videos 1"; limit=${BENCH_TIMEOUT:-590} ;;
+      cli_vidmp3)  cmd="$CLI --methods vidmp3 --frames 80 --videos 1 --method-override vidmp3:method.params.dino_model=random --method-override vidmp3:estimators.depth_anything_model=random"; limit=${BENCH_TIMEOUT:-590} ;;
     esac
     echo "=== $name: python $cmd"
     timeout "$limit" python3 $cmd --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1

@@ -1,11 +1,16 @@
 """TokenFlow (Geyer, Bar-Tal, Bagon, Dekel; ICLR 2024): consistent video editing by propagating the
 self-attention outputs ("tokens") of a few jointly edited key frames along the source video's own
-feature correspondences. SD 2.1 base; details the paper leaves open follow the released code
-(omerbt/TokenFlow, MIT).
+feature correspondences. SD 2.1 base; defaults follow the released code (omerbt/TokenFlow, MIT), the
+paper's variants are switches.
 
-1. Every frame is DDIM-inverted (guidance 1, the inversion prompt, empty by default), keeping its
-   latent at every sampling timestep: the source trajectory (cached per video, backbone, prompt, steps).
-2. Every denoising step i (the PnP variant, the released default):
+1. Every frame is DDIM-inverted (guidance 1, the inversion prompt, empty by default) with
+   `inversion_steps` (500, the released preprocess; the paper says 1000), keeping its latent at each
+   of the `steps` sampling timesteps and the noisiest one: the source trajectory, cached per video,
+   backbone, inversion prompt and steps, so every further target prompt on a video skips this phase.
+2. Start latent (the released rule): the clean latent re-noised to the first sampling timestep with
+   the noise implied by the noisiest inversion latent (`start_latent: inverted` starts from the
+   inverted latent at that timestep itself).
+3. Every denoising step i (the PnP variant, the released default):
    a. key pass: one key frame per batch of `batch_size` frames (seeded random, or the batch centre).
       The UNet runs on [source latent_i; x_i; x_i] of the key frames with [inversion prompt;
       negative prompt; target prompt]. In every self-attention layer the edit rows attend jointly to
@@ -16,7 +21,8 @@ feature correspondences. SD 2.1 base; details the paper leaves open follow the r
    b. propagation pass: all frames go through the UNet with every self-attention output replaced by
       the key frames' outputs at the nearest-neighbour tokens. The NN field is the cosine similarity
       between the frame's and the key frame's source-row self-attention inputs at that layer and step;
-      the frame's two nearest key frames are blended by temporal distance.
+      two key frames are blended per frame (`keyframe_pairs`: the released sigmoid weights over the
+      key frames of batches b and b-1, or the paper's past/future linear rule).
    c. classifier-free guidance and a DDIM step for all frames from the propagation pass.
    The SDEdit variant skips the injection and starts from the input latents noised to `sdedit_start`.
 
@@ -42,7 +48,8 @@ from vedit.task import EditResult, EditTask
 
 VARIANTS = ("pnp", "sdedit")
 KEYFRAMES = ("random", "fixed")
-PAIRINGS = ("nearest", "released")
+PAIRINGS = ("released", "nearest")
+START_LATENTS = ("released", "inverted")
 SDEDIT_NOISE = ("ddim", "random")
 NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"  # configs/config_pnp.yaml
 PNP_RESNET = "up_blocks.1.resnets.1"  # the resnet whose features plug-and-play injects
@@ -212,8 +219,9 @@ class TokenFlowEditor(Editor):
 
     def __init__(self, backbone, estimators=None, variant: str = "pnp", steps: int = 50,
                  guidance_scale: float = 7.5, negative_prompt: str = NEGATIVE_PROMPT,
-                 inversion_prompt: str | None = "", inversion_steps: int | None = None, batch_size: int = 8,
-                 keyframes: str = "random", propagation: bool = True, pairing: str = "nearest",
+                 inversion_prompt: str | None = "", inversion_steps: int | None = 500, batch_size: int = 8,
+                 keyframes: str = "random", propagation: bool = True, pairing: str = "released",
+                 start_latent: str = "released",
                  pnp: bool = True, pnp_f_t: float = 0.8, pnp_attn_t: float = 0.5, sdedit_start: float = 0.9,
                  sdedit_noise: str = "ddim", unet_batch: int | None = None, vae_batch: int = 8,
                  attention_kernels: Sequence[str] | None = None, latent_cache: MutableMapping | None = None) -> None:
@@ -223,6 +231,7 @@ class TokenFlowEditor(Editor):
         self.negative_prompt, self.inversion_prompt = negative_prompt, inversion_prompt
         self.inversion_steps, self.batch_size = int(inversion_steps or steps), int(batch_size)
         self.keyframes, self.propagation, self.pairing = keyframes, bool(propagation), pairing
+        self.start_latent = start_latent
         self.pnp = bool(pnp) and variant == "pnp"
         self.pnp_f_t, self.pnp_attn_t = float(pnp_f_t), float(pnp_attn_t)
         self.sdedit_start, self.sdedit_noise = float(sdedit_start), sdedit_noise
@@ -246,7 +255,8 @@ class TokenFlowEditor(Editor):
         def bad(key: str, allowed: str) -> EditorError:
             return EditorError(f"tokenflow: {key}={params[key]!r} is invalid; allowed: {allowed}")
 
-        choices = {"variant": VARIANTS, "keyframes": KEYFRAMES, "pairing": PAIRINGS, "sdedit_noise": SDEDIT_NOISE}
+        choices = {"variant": VARIANTS, "keyframes": KEYFRAMES, "pairing": PAIRINGS, "start_latent": START_LATENTS,
+                   "sdedit_noise": SDEDIT_NOISE}
         for key, allowed in choices.items():
             if key in params and params[key] not in allowed:
                 raise bad(key, " | ".join(allowed))
@@ -290,14 +300,15 @@ class TokenFlowEditor(Editor):
         with timer.phase("preprocessing"):
             embeds = self.backbone.encode_prompt([inversion_prompt, self.negative_prompt, task.target_prompt])
         with timer.phase("inversion"):
-            source, cached = self.source_latents(task, inversion_prompt, embeds[:1])
+            source, noisiest, cached = self.source_latents(task, inversion_prompt, embeds[:1])
         with timer.phase("sampling"):
             generator = torch.Generator().manual_seed(int(task.seed))
             keys = keyframe_schedule(task.video.num_frames, self.batch_size, self.steps, self.keyframes, generator)
-            latents = self.sample(source, embeds, keys, generator)
+            latents = self.sample(source, embeds, keys, generator, noisiest)
             frames = torch.cat([self.backbone.decode_latents(c).cpu() for c in latents.split(self.vae_batch)])
         first, t = self.first_step(), task.video.num_frames
         return timer.result(frames, variant=self.variant, inversion_cached=cached, first_step=first,
+                            inversion_steps=0 if cached else self.inversion_steps,
                             unet_calls=(self.steps - first) * (1 + -(-t // (self.unet_batch or t))),
                             keyframes=keys[first:].tolist())
 
@@ -306,25 +317,31 @@ class TokenFlowEditor(Editor):
         int(start * steps) - 1 steps (44 of 50 at start 0.9)."""
         return 0 if self.variant == "pnp" else self.steps - (int(self.sdedit_start * self.steps) - 1)
 
-    def source_latents(self, task: EditTask, prompt: str, embeds: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """(steps + 1, T, 4, h, w): each frame's inverted latent at every sampling timestep, then its
-        clean latent; from `latent_cache` when it holds this video's."""
+    def source_latents(self, task: EditTask, prompt: str, embeds: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The source trajectory (steps + 1, T, 4, h, w): each frame's inverted latent at every sampling
+        timestep, then its clean latent; the noisiest inversion latent (T, 4, h, w), at the inversion's
+        last timestep; whether they came from `latent_cache` (which holds them per video, backbone,
+        inversion prompt and steps: a second target prompt on a video runs no inversion)."""
         ids = tuple(sorted(self.backbone.ids.items()))
-        key = ("tokenflow-ddim-trajectory", task.video.content_hash(), ids, prompt, self.inversion_steps,
+        key = ("tokenflow-inversion", task.video.content_hash(), ids, prompt, self.inversion_steps,
                self.steps, str(self.backbone.dtype))
         if self.latent_cache is not None and key in self.latent_cache:
-            return self.latent_cache[key].to(self.device, self._latent_dtype), True
+            entry = self.latent_cache[key]
+            return (entry["trajectory"].to(self.device, self._latent_dtype),
+                    entry["noisiest"].to(self.device, self._latent_dtype), True)
         x0 = torch.cat([self.backbone.encode_images(c) for c in task.video.chunks(self.vae_batch)])
         # stored in the backbone's dtype (as the released code stores them), so that a fresh and a
         # cached run start from the same values
-        trajectory = self.invert(x0.to(self._latent_dtype), embeds).to(self.backbone.dtype)
+        trajectory, noisiest = (v.to(self.backbone.dtype) for v in self.invert(x0.to(self._latent_dtype), embeds))
         if self.latent_cache is not None:
-            self.latent_cache[key] = trajectory.cpu()
-        return trajectory.to(self._latent_dtype), False
+            self.latent_cache[key] = {"trajectory": trajectory.cpu(), "noisiest": noisiest.cpu()}
+        return trajectory.to(self._latent_dtype), noisiest.to(self._latent_dtype), False
 
     @torch.no_grad()
-    def invert(self, x0: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """DDIM inversion (guidance 1) with `inversion_steps`, keeping the latents at the sampling timesteps."""
+    def invert(self, x0: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM inversion (guidance 1) with `inversion_steps`: the latents at the sampling timesteps
+        then x0 (steps + 1, T, 4, h, w), and the noisiest latent (T, 4, h, w)."""
         inv = DDIM(self.backbone.scheduler(), self.inversion_steps)
         sampling = DDIM(self.backbone.scheduler(), self.steps).timesteps.tolist()
         position = {int(t): k for k, t in enumerate(inv.timesteps)}
@@ -332,23 +349,29 @@ class TokenFlowEditor(Editor):
         if missing:
             raise EditorError(f"tokenflow: inversion_steps={self.inversion_steps} does not pass through the sampling "
                               f"timesteps {missing[:3]} of steps={self.steps}; use a multiple of steps that divides "
-                              "the training timesteps (e.g. 50, 100, 250, 500 for 50 steps)")
+                              "the training timesteps (e.g. 50, 100, 250, 500 for 50 steps) or null (= steps)")
         keep = [position[t] for t in sampling] + [self.inversion_steps]  # ... then x0
-        out = []
+        out, noisiest = [], []
         for chunk in x0.split(self.unet_batch or len(x0)):
             emb = embeds.expand(len(chunk), -1, -1)
             trajectory = inv.invert(chunk, lambda x, t, i: self._eps(x, t, emb, inv))
             out.append(torch.stack([trajectory[k] for k in keep]))
-        return torch.cat(out, dim=1)
+            noisiest.append(trajectory[0])
+        return torch.cat(out, dim=1), torch.cat(noisiest)
+
+    def noisiest_timestep(self) -> int:
+        """The timestep of the noisiest inversion latent (999 for 500 inversion steps)."""
+        return int(DDIM(self.backbone.scheduler(), self.inversion_steps).timesteps[0])
 
     @torch.no_grad()
     def sample(self, source: torch.Tensor, embeds: torch.Tensor, keys: torch.Tensor,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, noisiest: torch.Tensor | None = None) -> torch.Tensor:
         """Edit all frames: source (steps + 1, T, 4, h, w) trajectory, embeds (3, L, D) [inversion;
-        negative; target], keys (steps, K) key frames per step. Returns the clean latents (T, 4, h, w)."""
+        negative; target], keys (steps, K) key frames per step, noisiest (T, 4, h, w) the noisiest
+        inversion latent (None: source[0]). Returns the clean latents (T, 4, h, w)."""
         ddim = DDIM(self.backbone.scheduler(), self.steps)
         num_frames, first = source.shape[1], self.first_step()
-        x = self.start_latents(source, ddim, first, generator)
+        x = self.start_latents(source, noisiest if noisiest is not None else source[0], ddim, first, generator)
         tokens = _Tokens()
         processors = {n: TokenFlowAttnProcessor(n, tokens, n in self.pnp_layers) for n in self.layer_names}
         n_resnet, n_attn = int(self.steps * self.pnp_f_t), int(self.steps * self.pnp_attn_t)
@@ -372,18 +395,24 @@ class TokenFlowEditor(Editor):
                 x = ddim.step(x, torch.cat(eps), i)[0]
         return x
 
-    def start_latents(self, source: torch.Tensor, ddim: DDIM, first: int,
+    def start_latents(self, source: torch.Tensor, noisiest: torch.Tensor, ddim: DDIM, first: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """PnP: the inverted latents. SDEdit: the clean latents noised to timesteps[first] with the
-        DDIM-inversion noise (the released default) or with one Gaussian noise shared by all frames."""
-        if self.variant == "pnp":
-            return source[0].clone()
+        """The latents sampling starts from, at timesteps[first].
+
+        The released code (get_ddim_eps) takes the noise implied by the noisiest inversion latent,
+        eps = (x_N - sqrt(a_N) x0) / sqrt(1 - a_N) at its timestep N, and re-noises the clean latent
+        x0 with it: PnP to timesteps[0] (`start_latent: released`; `inverted`: the inverted latent
+        at timesteps[0] itself), SDEdit to timesteps[first] (`sdedit_noise: ddim`; `random`: one
+        Gaussian noise shared by all frames).
+        """
         x0 = source[-1]
-        if self.sdedit_noise == "ddim":
-            a_t = ddim.alpha(int(ddim.timesteps[0]))
-            noise = (source[0] - a_t**0.5 * x0) / (1 - a_t) ** 0.5
-        else:
+        if self.variant == "pnp" and self.start_latent == "inverted":
+            return source[0].clone()
+        if self.variant == "sdedit" and self.sdedit_noise == "random":
             noise = torch.randn(x0.shape[1:], generator=generator, dtype=x0.dtype).to(x0.device).expand_as(x0)
+        else:
+            a_n = ddim.alpha(self.noisiest_timestep())
+            noise = (noisiest - a_n**0.5 * x0) / (1 - a_n) ** 0.5
         return ddim.add_noise(x0, noise, first)
 
     # ---- UNet calls ---------------------------------------------------------------------------

@@ -4,7 +4,9 @@ One edit, top to bottom:
 
 1. preprocessing: VAE latents of the source frames; per frame the MotionGuide input, i.e. the
    correspondence map (the first frame's subject pixels colour-coded by their coordinates and
-   carried to every frame by the correspondence estimator) times the subject-masked depth map.
+   carried to every frame by SD-DINO nearest neighbours in the first frame, from the backbone's
+   SD 1.5 UNet and DINOv2: vedit/estimators/correspondence.py) times the subject-masked depth map
+   (Depth Anything V2).
 2. tuning: SD 1.5 inflated with the AnimateDiff motion modules (`UNetMotionModel`), spatial
    self-attention made sparse-causal (frame i attends to frame 1 and frame i-1, Tune-A-Video),
    MotionGuide vectors added to the value input of every temporal self-attention,
@@ -18,9 +20,12 @@ One edit, top to bottom:
 The clip is the task's video: tuned, inverted and edited frames are the same frames. The paper's
 clip (16 frames at stride 4 from the start, after VideoSwap) is a data option for every method:
 `protocol=vidmp3_clip` (conf/protocol/). Longer videos run in overlapping windows of `window`
-frames (vedit/ops/windows.py): every UNet call sees one window, a plain clip with sparse-causal
-attention inside it; the noise predictions of overlapping frames are averaged with pyramid weights
-at every inversion and sampling step; each tuning iteration takes one of those windows at random.
+frames (vedit/ops/windows.py): every UNet call sees one window, with sparse-causal attention
+anchored on the video's first frame in every window (the first window records that frame's inputs
+to each spatial self-attention at each step; the later windows attend to them); the noise
+predictions of overlapping frames are averaged with pyramid weights at every inversion and sampling
+step; every window gets the paper's `tune_steps` tuning iterations (interleaved across windows).
+Noise schedule: AnimateDiff's (linear betas; configs/inference/inference-v2.yaml).
 
 Choices the paper leaves open (its appendix with the MotionGuide design is not public):
 - Correspondence colours are the frame-1 subject coordinates normalised to the subject's bounding
@@ -36,9 +41,10 @@ Choices the paper leaves open (its appendix with the MotionGuide design is not p
 - Subject masks come from `estimators.masks` (dataset annotations, a salient-object model, or
   none); without one the whole frame is the subject (alpha = 1). The result's info names the
   source (`mask_source`: dataset | gt | salient | none).
-- Windows: 16 frames (AnimateDiff v1-5-2's training length; the paper's clip), overlap 4. In a
-  window that does not start at frame 1, the sparse-causal anchor is the window's first frame
-  (each window is a clip as in the paper); the overlaps tie the windows together.
+- Windows: 16 frames (AnimateDiff v1-5-2's training length; the paper's clip), overlap 4. A tuning
+  iteration on a later window first runs the first window without gradients on the same noisy
+  latents to record the anchor (the anchor carries no gradient there). `anchor: window` anchors
+  each window on its own first frame, `tune_iterations: total` splits `tune_steps` over the windows.
 - Classifier-free guidance 7.5 (the paper does not state it; AnimateDiff's default).
 """
 
@@ -56,12 +62,18 @@ from vedit.editors import params as P
 from vedit.editors.base import Editor, EditorError, PhaseTimer
 from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attend, attention_processors,
                                  self_attention_layers)
+from vedit.estimators.correspondence import DINO_MODEL, DINO_SIZE, SD_SIZE
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.windows import WEIGHTINGS, blend_windows, temporal_windows, window_weights
 from vedit.registry import EDITORS
 from vedit.task import EditResult, EditTask
 
 GUIDE_INPUTS = ("multiply", "concat", "correspondence", "depth", "off")
+BETA_SCHEDULES = ("linear", "scaled_linear")
+TUNE_ITERATIONS = ("per_window", "total")
+ANCHORS = ("video", "window")
+DEPTHS = ("depth_anything", "estimators")
+CORRESPONDENCES = ("sd_dino", "flow")
 GUIDE_CHANNELS = {"multiply": 3, "concat": 4, "correspondence": 3, "depth": 1}
 
 
@@ -166,22 +178,32 @@ class MotionGuide(nn.Module):
 
 @dataclass
 class GuideState:
-    """What the processors read during one UNet call: frames per clip and the MotionGuide vectors."""
+    """What the processors read during one UNet call: frames per clip, the MotionGuide vectors and
+    the sparse-causal anchor: "clip" (the clip's own first frame), "record" (the same, kept per
+    layer in `anchors`: the window that holds the video's first frame) or "kept" (the kept one)."""
 
     num_frames: int = 1
     weight: float = 0.0
     vectors: dict[int, torch.Tensor] = field(default_factory=dict)  # width -> (frames, width)
+    anchor: str = "clip"
+    anchors: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (batch, tokens, C)
 
 
 def sparse_causal_kv(state: GuideState):
-    """K/V source for spatial self-attention: frame i sees [frame 1; frame i-1] (frame 1 sees itself twice)."""
+    """K/V source for spatial self-attention: frame i sees [anchor; frame i-1] (frame 1 sees itself
+    twice); the anchor is the clip's first frame, or the video's kept by `state` (see GuideState)."""
 
     def kv(name: str, x: torch.Tensor) -> torch.Tensor:
         f = state.num_frames
         clips = x.view(-1, f, *x.shape[1:])  # (batch, frames, tokens, C)
         prev = (torch.arange(f, device=x.device) - 1).clamp_min(0)
-        first = clips[:, :1].expand_as(clips)
-        return torch.cat([first, clips[:, prev]], dim=2).flatten(0, 1)
+        if state.anchor == "kept":
+            first = state.anchors[name].to(x.dtype)[:, None]
+        else:
+            first = clips[:, :1]
+            if state.anchor == "record":
+                state.anchors[name] = first[:, 0].detach()
+        return torch.cat([first.expand_as(clips), clips[:, prev]], dim=2).flatten(0, 1)
 
     return kv
 
@@ -250,7 +272,10 @@ class VidMP3Editor(Editor):
         "guide_input": P.choice(*GUIDE_INPUTS), "motion_guide": P.boolean(), "tune_steps": P.integer(0),
         "tune_lr": P.number(0, low_open=True),
         "guide_resolution": P.integer(8), "gradient_checkpointing": P.boolean(), "vae_batch": P.integer(1),
-        "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
+        "attention_kernels": P.subset(*SDPA_KERNELS, optional=True), "beta_schedule": P.choice(*BETA_SCHEDULES),
+        "set_alpha_to_one": P.boolean(), "tune_iterations": P.choice(*TUNE_ITERATIONS),
+        "anchor": P.choice(*ANCHORS), "depth": P.choice(*DEPTHS), "correspondence": P.choice(*CORRESPONDENCES),
+        "sd_size": P.integer(8), "dino_size": P.integer(14),
     }
 
     def __init__(self, backbone, estimators=None, steps: int = 50, guidance_scale: float = 7.5,
@@ -258,7 +283,10 @@ class VidMP3Editor(Editor):
                  tune_steps: int = 100, tune_lr: float = 5e-4, window: int = 16, window_overlap: int = 4,
                  window_weighting: str = "pyramid", guide_resolution: int = 64,
                  gradient_checkpointing: bool = False, vae_batch: int = 8,
-                 attention_kernels: Sequence[str] | None = None) -> None:
+                 attention_kernels: Sequence[str] | None = None, beta_schedule: str = "linear",
+                 set_alpha_to_one: bool = True, tune_iterations: str = "per_window", anchor: str = "video",
+                 depth: str = "depth_anything", correspondence: str = "sd_dino", dino_model: str = DINO_MODEL,
+                 sd_size: int = SD_SIZE, dino_size: int = DINO_SIZE) -> None:
         super().__init__(backbone, estimators)
         if guide_input not in GUIDE_INPUTS:
             raise ValueError(f"vidmp3: guide_input={guide_input!r}; choose one of {GUIDE_INPUTS}")
@@ -275,6 +303,13 @@ class VidMP3Editor(Editor):
         self.guide_resolution, self.gradient_checkpointing = guide_resolution, gradient_checkpointing
         self.vae_batch = vae_batch
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
+        self.check_params({"beta_schedule": beta_schedule, "tune_iterations": tune_iterations, "anchor": anchor,
+                           "depth": depth, "correspondence": correspondence, "sd_size": sd_size,
+                           "dino_size": dino_size})
+        self.beta_schedule, self.set_alpha_to_one = beta_schedule, bool(set_alpha_to_one)
+        self.tune_iterations, self.anchor, self.depth = tune_iterations, anchor, depth
+        self.correspondence, self.dino_model = correspondence, dino_model
+        self.sd_size, self.dino_size = sd_size, dino_size
         self._unet = None
 
     # -- model pieces -------------------------------------------------------------------------
@@ -285,6 +320,15 @@ class VidMP3Editor(Editor):
         if self._unet is None:
             self._unet = build_motion_unet(self.backbone)
         return self._unet
+
+    def scheduler(self):
+        """AnimateDiff's noise schedule (configs/inference/inference-v2.yaml, the v1-5-2 motion module's,
+        and configs/training/v1/training.yaml: `linear` betas 0.00085-0.012, steps_offset 1; built
+        with DDIMScheduler(**kwargs), i.e. set_alpha_to_one=True) on the backbone's other settings."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config({**self.backbone.scheduler_config, "beta_schedule": self.beta_schedule,
+                                          "set_alpha_to_one": self.set_alpha_to_one})
 
     @property
     def max_frames(self) -> int:
@@ -320,18 +364,32 @@ class VidMP3Editor(Editor):
     def windows(self, num_frames: int) -> list[tuple[int, int]]:
         return temporal_windows(num_frames, self.window, self.window_overlap)
 
+    def anchor_mode(self, start: int, num_windows: int) -> str:
+        """The sparse-causal anchor of the window starting at `start` (GuideState.anchor): with
+        `anchor: video` and several windows, the first window keeps its first frame (the video's)
+        for the others; else every window anchors on its own first frame."""
+        if self.anchor == "window" or num_windows == 1:
+            return "clip"
+        return "record" if start == 0 else "kept"
+
     def eps_video(self, latents: torch.Tensor, t: torch.Tensor | int, text: torch.Tensor, state: GuideState,
                   vectors: dict[int, torch.Tensor]) -> torch.Tensor:
         """Noise prediction for a whole video (B, T, 4, h, w): one UNet call per window, overlapping
-        frames averaged with the window weights; `vectors` are the MotionGuide vectors of all T frames."""
+        frames averaged with the window weights; `vectors` are the MotionGuide vectors of all T frames.
+        Windows run in order, so the first one (frame 0) records the anchor the later ones read."""
+        windows = self.windows(latents.shape[1])
 
         def window_eps(start: int, end: int) -> torch.Tensor:
-            state.num_frames = end - start
+            state.num_frames, state.anchor = end - start, self.anchor_mode(start, len(windows))
             state.vectors = {c: v[start:end] for c, v in vectors.items()}
             return self.eps(latents[:, start:end], t, text)
 
         weights = window_weights(self.window, self.window_weighting)
-        return blend_windows(window_eps, latents.shape[1], self.windows(latents.shape[1]), weights, dim=1)
+        try:
+            return blend_windows(window_eps, latents.shape[1], windows, weights, dim=1)
+        finally:
+            state.anchor = "clip"
+            state.anchors.clear()
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -349,19 +407,28 @@ class VidMP3Editor(Editor):
             raise EditorError(f"vidmp3: the subject mask ({source}) of video {task.video.id!r} is empty in the "
                               "first frame; MotionGuide needs the subject there: try another estimators.masks "
                               "(none: the whole frame)")
-        corr = self.estimators.correspondence(task) if self.guide_input != "depth" else None
+        corr = None
+        if self.guide_input != "depth":  # the paper's SD-DINO on the (untuned) SD 1.5 UNet, or chained flow
+            corr = self.estimators.correspondence(task, self.correspondence, backbone=self.backbone,
+                                                  prompt=task.source_prompt, dino_model=self.dino_model,
+                                                  sd_size=self.sd_size, dino_size=self.dino_size)
         depth = None
         if self.guide_input != "correspondence":
-            depth = self.estimators.depth(task, model=self.backbone.depth_estimator)
+            if self.depth == "depth_anything":  # the paper's: ground truth where the dataset has it, else DA V2
+                depth = self.estimators.depth(task, method="gt" if "depth" in task.side else "depth_anything")
+            else:
+                depth = self.estimators.depth(task, model=self.backbone.depth_estimator)
         maps = guide_input(self.guide_input, corr, depth, mask)
         return maps.to(self.device), mask.to(self.device), source
 
     # -- phases -------------------------------------------------------------------------------
 
     def tune_schedule(self, num_frames: int, rng: torch.Generator | None = None) -> list[tuple[int, int]]:
-        """The window of each tuning iteration: uniformly one of the windows the edit runs on."""
+        """The window of each tuning iteration. per_window: `tune_steps` iterations for every window
+        the edit runs on (the paper's 100 per 16-frame clip), interleaved (1, 2, .., k, 1, 2, ..) so no
+        window is tuned last; total: `tune_steps` in all, each on a uniformly drawn window."""
         windows = self.windows(num_frames)
-        if len(windows) == 1:
+        if len(windows) == 1 or self.tune_iterations == "per_window":
             return windows * self.tune_steps
         return [windows[int(k)] for k in torch.randint(len(windows), (self.tune_steps,), generator=rng)]
 
@@ -370,36 +437,50 @@ class VidMP3Editor(Editor):
              window_rng: torch.Generator | None = None) -> torch.Tensor:
         """One-shot tuning on latents (T, 4, h, w), one window per iteration; returns the losses (CPU).
 
-        A video that fits in one window is tuned whole every iteration. No host synchronisation per
-        iteration: the window is drawn on the CPU, the timestep and noise on the device, and the
-        fused (CUDA) or foreach Adam and the GradScaler keep their checks on the device.
+        A video that fits in one window is tuned whole every iteration. With `anchor: video`, an
+        iteration on a window after the first first runs the first window without gradients on the
+        same noisy latents (the video's noise at the iteration's timestep) to record frame 0's
+        anchor, as sampling does. No host synchronisation per iteration: the window is drawn on the
+        CPU, the timestep and noise on the device, and the fused (CUDA) or foreach Adam and the
+        GradScaler keep their checks on the device.
         """
         params = list(trainable_parameters(self.unet).values()) + (list(guide.parameters()) if guide else [])
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.backbone.dtype == torch.float16)
         fused = self.device.type == "cuda" and all(p.dtype == torch.float32 for p in params)
         opt = torch.optim.Adam(params, lr=self.tune_lr, fused=fused or None, foreach=None if fused else True)
-        alphas = self.backbone.scheduler().alphas_cumprod.to(self.device, torch.float32)
+        alphas = self.scheduler().alphas_cumprod.to(self.device, torch.float32)
+        windows = self.windows(latents.shape[0])
         losses = []
         if self.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         try:
             for start, end in self.tune_schedule(latents.shape[0], window_rng):
-                clip = latents[start:end]
-                state.num_frames = end - start
                 t = torch.randint(0, alphas.numel(), (1,), device=self.device, generator=generator)
-                noise = torch.randn(clip.shape, device=self.device, generator=generator)
+                noise = torch.randn(latents.shape, device=self.device, generator=generator)
                 a = alphas[t].view(1, 1, 1, 1)
-                noisy = a.sqrt() * clip + (1 - a).sqrt() * noise
+                noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+                state.anchor = self.anchor_mode(start, len(windows))
+                if state.anchor == "kept":
+                    first = windows[0]
+                    with torch.no_grad():
+                        state.anchor, state.num_frames = "record", first[1] - first[0]
+                        if guide is not None:
+                            state.vectors = guide(maps[:first[1]], mask[:first[1]])
+                        self.eps(noisy[None, :first[1]], t, text)
+                    state.anchor = "kept"
+                state.num_frames = end - start
                 if guide is not None:
                     state.vectors = guide(maps[start:end], mask[start:end])
-                pred = self.eps(noisy[None], t, text)[0]
-                loss = F.mse_loss(pred, noise)
+                pred = self.eps(noisy[None, start:end], t, text)[0]
+                loss = F.mse_loss(pred, noise[start:end])
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 losses.append(loss.detach())
         finally:
+            state.anchor = "clip"
+            state.anchors.clear()
             if self.gradient_checkpointing:
                 self.unet.disable_gradient_checkpointing()
         return torch.stack(losses).cpu() if losses else torch.zeros(0)
@@ -444,7 +525,7 @@ class VidMP3Editor(Editor):
                 with torch.no_grad():
                     vectors = guide(maps, mask) if guide is not None else {}
                     with timer.phase("inversion"):
-                        ddim = DDIM(bb.scheduler(), self.steps)
+                        ddim = DDIM(self.scheduler(), self.steps)
                         x_t = ddim.invert(
                             latents, lambda x, t, i: self.eps_video(x[None], t, source, state, vectors)[0])[0]
                     with timer.phase("sampling"):
@@ -462,6 +543,7 @@ class VidMP3Editor(Editor):
                 p.grad = None
                 p.data = saved[name]
         return timer.result(frames, windows=[list(w) for w in self.windows(latents.shape[0])],
+                            tune_iterations=len(losses),
                             mask_source=mask_source,
                             tune_loss_first=float(losses[0]) if len(losses) else None,
                             tune_loss_last=float(losses[-1]) if len(losses) else None)

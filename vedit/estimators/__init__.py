@@ -15,6 +15,7 @@ import torch
 
 from vedit.errors import EstimatorError
 from vedit.estimators.cache import DiskCache, KeyedDiskCache, model_fingerprint
+from vedit.estimators.correspondence import DINO_MODEL, DINO_SIZE, SD_SIZE, load_dinov2, sd_dino_correspondence
 from vedit.estimators.depth import (DEPTH_ANYTHING_MODEL, DEPTH_METHODS, depth_anything_depth, dpt_depth,
                                     load_depth_anything)
 from vedit.estimators.edges import EDGE_METHODS, canny_edges, hed_edges, load_hed
@@ -46,7 +47,8 @@ class Estimators:
     the given model) | "dpt" | "depth_anything" (Depth Anything V2, `depth_anything_model`) | "gt";
     edges: "canny" | "hed"; masks: "dataset" (the dataset's masks, else the whole frame) | "salient"
     (CLIPSeg with the source prompt, `salient_model`) | "none" (the whole frame). `flow_model` /
-    `hed_model` / `depth_model` (Depth Anything) / `salient` ((model, tokenizer)) inject the networks
+    `hed_model` / `depth_model` (Depth Anything) / `salient` ((model, tokenizer)) / `dino_model`
+    (DINOv2, SD-DINO correspondence) inject the networks
     (else loaded from local caches on first use); `raft_name` picks raft_large or raft_small,
     `raft_iters` its refinement iterations.
     """
@@ -56,7 +58,8 @@ class Estimators:
                  raft_iters: int = 12, depth_anything_model: str = DEPTH_ANYTHING_MODEL,
                  salient_model: str = SALIENT_MODEL,
                  flow_model: torch.nn.Module | None = None, hed_model: torch.nn.Module | None = None,
-                 depth_model: torch.nn.Module | None = None, salient: tuple | None = None) -> None:
+                 depth_model: torch.nn.Module | None = None, salient: tuple | None = None,
+                 dino_model: torch.nn.Module | None = None) -> None:
         self.flow_method = _choose(flow, FLOW_METHODS, "flow")
         self.depth_method = _choose(depth, DEPTH_METHODS, "depth")
         self.edges_method = _choose(edges, EDGE_METHODS, "edges")
@@ -65,6 +68,8 @@ class Estimators:
         self.device, self.raft_name, self.raft_iters = device, raft_name, raft_iters
         self.depth_anything_model, self.salient_model = depth_anything_model, salient_model
         self.flow_model, self.hed_model, self.depth_model, self.salient = flow_model, hed_model, depth_model, salient
+        self.dino_models: dict[str, torch.nn.Module] = {}  # Hub id -> DINOv2 (SD-DINO), loaded on first use
+        self.dino_model = dino_model  # injected: used whatever the id
         self._raft_available = True  # until a load fails
 
     @property
@@ -212,9 +217,10 @@ class Estimators:
             self.flow_model = load_raft(self.raft_name, self.device)
         return self.flow_model
 
-    def depth(self, task: EditTask, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(T, 1, H, W), larger = nearer. `model`: a transformers DPTForDepthEstimation (dpt)."""
-        method = self.depth_method
+    def depth(self, task: EditTask, model: torch.nn.Module | None = None, method: str | None = None) -> torch.Tensor:
+        """(T, 1, H, W), larger = nearer. `model`: a transformers DPTForDepthEstimation (dpt); `method`:
+        this call's estimator instead of the configured one (an editor whose paper names one)."""
+        method = _choose(method or self.depth_method, DEPTH_METHODS, "depth")
         if method == "auto":
             method = "gt" if "depth" in task.side else "dpt"
         if method == "gt":
@@ -269,12 +275,32 @@ class Estimators:
             return task.side["mask"], "gt" if task.dataset in GROUND_TRUTH_DATASETS else "dataset"
         return whole_frame(task.video.pixels), "none"
 
-    def correspondence(self, task: EditTask) -> torch.Tensor:
-        """(T, 2, H, W) coordinates in frame 0 (NaN where none): ground truth, else chained flow."""
+    def correspondence(self, task: EditTask, method: str = "flow", backbone=None, prompt: str = "",
+                       dino_model: str = DINO_MODEL, sd_size: int = SD_SIZE, dino_size: int = DINO_SIZE
+                       ) -> torch.Tensor:
+        """(T, 2, H, W) coordinates in frame 0 (NaN where none): ground truth where the task has it, else
+        "flow" (adjacent flows chained to frame 0, NaN from the first occlusion on) or "sd_dino"
+        (vedit.estimators.correspondence: SD-DINO nearest neighbours in frame 0 from `backbone`'s VAE
+        and UNet conditioned on `prompt`, and DINOv2 `dino_model`, a Hub id or local path)."""
         if "correspondence" in task.side:
             return task.side["correspondence"]
-        flow = self.flow(task)
-        return chain_to_first(flow["flow_bwd"], flow["occ_bwd"])
+        if method == "flow":
+            flow = self.flow(task)
+            return chain_to_first(flow["flow_bwd"], flow["occ_bwd"])
+        if method != "sd_dino":
+            raise EstimatorError(f"unknown correspondence estimator {method!r}; choose one of flow, sd_dino")
+        if backbone is None:
+            raise EstimatorError(f"correspondence=sd_dino for video {task.video.id!r} needs the SD backbone "
+                                 "(the editor passes its own)")
+        dino = self.dino_model
+        if dino is None:
+            if dino_model not in self.dino_models:
+                self.dino_models[dino_model] = load_dinov2(dino_model, self.device)
+            dino = self.dino_models[dino_model]
+        params = {"dino": model_fingerprint(dino), "unet": model_fingerprint(backbone.unet),
+                  "vae": model_fingerprint(backbone.vae), "prompt": prompt, "sizes": [sd_size, dino_size]}
+        return self._cached(task, "correspondence-sd-dino", params, lambda: sd_dino_correspondence(
+            task.video.frames, backbone, dino, backbone.encode_prompt(prompt), sd_size, dino_size))
 
     @staticmethod
     def _no_gt(task: EditTask, what: str, instead: str) -> str:

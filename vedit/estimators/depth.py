@@ -37,9 +37,19 @@ def depth_anything_size(h: int, w: int, target: int = 518, multiple: int = 14) -
 
 
 def load_depth_anything(model_id: str = DEPTH_ANYTHING_MODEL, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """DepthAnythingForDepthEstimation from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only)."""
-    from transformers import DepthAnythingForDepthEstimation
+    """DepthAnythingForDepthEstimation from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only);
+    "random": a V2-Large-sized model (ViT-L/14 backbone, DPT head 256/512/1024/1024) with seeded random
+    weights, for benchmarks without the weights."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
+    if model_id == "random":
+        backbone = Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=518,
+                                out_indices=[5, 12, 18, 24], reshape_hidden_states=False)
+        config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=1024,
+                                     neck_hidden_sizes=[256, 512, 1024, 1024], fusion_hidden_size=256)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return DepthAnythingForDepthEstimation(config).eval().to(device)
     try:
         model = DepthAnythingForDepthEstimation.from_pretrained(model_id)
     except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"

@@ -2,10 +2,12 @@
 
 AnimateDiff's long-video practice: run the video model on windows of `length` frames that overlap
 by `overlap` frames and average the noise predictions of overlapping frames with per-position
-weights at every denoising step. The windows and the "pyramid" weights are those of diffusers'
-FreeNoise (`FreeNoiseTransformerBlock`), which blends inside the transformer blocks; here whole
-noise predictions are blended. With pyramid weights and overlap k, the last k frames of one window
-and the first k of the next are cross-faded linearly (weights k..1 against 1..k), so no seam.
+weights at every denoising step. The defaults used here, 16-frame windows overlapping by 4 with
+"pyramid" weights, match AnimateDiff-Evolved's static context options (context_length 16,
+context_overlap 4, fuse method pyramid), which also blends whole noise predictions; diffusers'
+FreeNoise blends inside the transformer blocks and defaults to a stride of 4 (overlap 12). With
+pyramid weights and overlap k, the last k frames of one window and the first k of the next are
+cross-faded linearly (weights k..1 against 1..k), so no seam.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def temporal_windows(num_frames: int, length: int, overlap: int) -> list[tuple[i
 
 
 def window_weights(length: int, weighting: str = "pyramid") -> torch.Tensor:
-    """Per-position weights of one window: pyramid [1, 2, .., 2, 1] (FreeNoise's default) or flat."""
+    """Per-position weights of one window: pyramid [1, 2, .., 2, 1] (AnimateDiff-Evolved's "pyramid") or flat."""
     if weighting == "flat":
         return torch.ones(length)
     if weighting == "pyramid":
