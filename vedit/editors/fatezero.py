@@ -186,13 +186,14 @@ class _Fusion:
 
 
 def _probs(attn, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit cross-attention: x (n, C) queries, context (L, D) -> probs (heads, n, L) in float32 and
-    the values (heads, L, d)."""
+    """Explicit cross-attention: x (n, C) queries, context (L, D) -> probs (heads, n, L) (at least float32)
+    and the values (heads, L, d)."""
     h = attn.heads
     q = attn.to_q(x).view(x.shape[0], h, -1).transpose(0, 1)
     k = attn.to_k(context).view(context.shape[0], h, -1).transpose(0, 1)
     v = attn.to_v(context).view(context.shape[0], h, -1).transpose(0, 1)
-    return (torch.bmm(q, k.transpose(1, 2)).float() * attn.scale).softmax(-1), v
+    scores = torch.bmm(q, k.transpose(1, 2))
+    return (scores.to(torch.promote_types(scores.dtype, torch.float32)) * attn.scale).softmax(-1), v
 
 
 def _out(attn, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -298,14 +299,18 @@ def _level(name: str, levels: int) -> int:
     return block if name.startswith("down") else levels - 1 - block
 
 
+def _is_list(v: Any) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, str)  # lists, tuples and OmegaConf's ListConfig
+
+
 def _kv_rule(v: Any) -> str | None:
-    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+    ok = _is_list(v) and len(v) > 0 and all(
         k in KV_NAMES or (isinstance(k, int) and not isinstance(k, bool)) for k in v)
     return None if ok else f"a non-empty list of {list(KV_NAMES)} or integer frame offsets"
 
 
 def _words_rule(v: Any) -> str | None:
-    ok = v is None or (isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(w, str) and w for w in v))
+    ok = v is None or (_is_list(v) and len(v) > 0 and all(isinstance(w, str) and w for w in v))
     return None if ok else "null or a non-empty list of words of the source prompt"
 
 
@@ -437,14 +442,28 @@ class FateZeroEditor(Editor):
             maps = entry.get("maps")
             return entry["trajectory"].to(self.device, self._latent_dtype), \
                 None if maps is None else maps.to(self.device), True
-        generator = torch.Generator().manual_seed(int(task.seed))
-        x0 = torch.cat([self.backbone.encode_images(c, generator=generator, sample=self.encode == "sample")
-                        for c in task.video.chunks(self.vae_batch)])
+        x0 = self.encode_video(task)
         trajectory, maps = self.invert(x0.to(self._latent_dtype), source_embeds)
         if self.latent_cache is not None:
             self.latent_cache[key] = {"trajectory": trajectory.cpu(),
                                       **({} if maps is None else {"maps": maps.cpu()})}
         return trajectory, maps, False
+
+    @torch.no_grad()
+    def encode_video(self, task: EditTask) -> torch.Tensor:
+        """Scaled latents of all frames: the VAE posterior's mean, or a sample with one noise draw for the
+        whole video from the task seed (the same latents for any vae_batch)."""
+        bb = self.backbone
+        means, stds = [], []
+        for chunk in task.video.chunks(self.vae_batch):
+            dist = bb.vae.encode(chunk.to(bb.device, bb.dtype) * 2 - 1).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+        z = torch.cat(means)
+        if self.encode == "sample":
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(int(task.seed)), dtype=torch.float32)
+            z = z + torch.cat(stds) * noise.to(z)
+        return z * bb.vae.config.scaling_factor
 
     @torch.no_grad()
     def invert(self, x0: torch.Tensor, source_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
