@@ -290,6 +290,21 @@ def test_edit_without_fusion_and_same_prompt_is_the_ddim_reconstruction(bb64):
     torch.testing.assert_close(ed.edit(task).frames, expected.float(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_prompt_with_fusion_at_every_step_reproduces_the_reconstruction(bb64, seed):
+    """attention_source=reconstruction, the target prompt the source one, self- and cross-attention fused
+    at every step in every layer: the edit is the source prompt's guided sampling from the inverted noise,
+    i.e. the edit without any fusion."""
+    task = random_task(frames=3, seed=seed, target="a red square")
+    fused = editor(bb64, attention_source="reconstruction", cross_replace_steps=1.0, self_replace_steps=1.0,
+                   fusion_max_tokens=None).edit(task).frames
+    plain = editor(bb64, cross_replace_steps=0.0, self_replace_steps=0.0).edit(task).frames
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=0)
+    other = editor(bb64, attention_source="reconstruction", cross_replace_steps=1.0, self_replace_steps=1.0,
+                   fusion_max_tokens=None).edit(random_task(frames=3, seed=seed)).frames
+    assert (other - plain).abs().max() > 1e-4
+
+
 def test_inversion_is_cached_per_video_and_shared_between_target_prompts(bb64):
     cache: dict = {}
     ed = editor(bb64, latent_cache=cache)
@@ -304,7 +319,7 @@ def test_switches_change_the_edit(bb64):
     task = random_task(frames=3)
     base = editor(bb64).edit(task).frames
     for kw in ({"self_replace_steps": 0.0}, {"cross_replace_steps": 0.0}, {"st_attention": ["first"]},
-               {"equalizer": {"blue": 5.0}}, {"encode": "mean"}):
+               {"equalizer": {"blue": 5.0}}, {"encode": "mean"}, {"attention_source": "reconstruction"}):
         assert (editor(bb64, **kw).edit(task).frames - base).abs().max() > 1e-6, kw
 
 

@@ -18,6 +18,8 @@ video's DDIM inversion into the edit. SD v1-4; details the paper leaves open fol
      take the source's map, new tokens keep the edit's; `replace` (prompts with the same number of
      words): the source maps moved to the swapped words (a token-to-token matrix); `equalizer`
      scales target words' maps afterwards.
+   `attention_source=reconstruction` (released use_inversion_attention: false) fuses the maps of
+   the source prompt's own guided sampling from the same noise instead, run beside the edit.
 3. Self-attention is spatial-temporal as released (SparseCausalAttention_index [mid],
    least_sc_channel 640): in the UNet levels from `st_attention_from_level` on (SD v1-4: widths
    >= 640) every frame attends to the keys/values of the middle frame; the first level attends within
@@ -56,6 +58,7 @@ from vedit.task import EditResult, EditTask
 
 CONTROLLERS = ("refine", "replace")
 ENCODINGS = ("sample", "mean")
+SOURCES = ("inversion", "reconstruction")
 MAX_TOKENS = 77
 KV_NAMES = ("first", "mid", "last")
 
@@ -330,7 +333,8 @@ class FateZeroEditor(Editor):
         "steps": P.integer(1), "guidance_scale": P.number(1.0), "cross_replace_steps": P.number(0, 1),
         "self_replace_steps": P.number(0, 1), "controller": P.choice(*CONTROLLERS), "equalizer": _equalizer_rule,
         "blend_words": _words_rule, "blend_threshold": P.number(0), "fusion_max_tokens": P.integer(1, optional=True),
-        "st_attention": _kv_rule, "st_attention_from_level": P.integer(0), "encode": P.choice(*ENCODINGS),
+        "st_attention": _kv_rule, "st_attention_from_level": P.integer(0),
+        "attention_source": P.choice(*SOURCES), "encode": P.choice(*ENCODINGS),
         "vae_batch": P.integer(1), "attention_kernels": P.subset(*SDPA_KERNELS, optional=True),
     }
 
@@ -339,7 +343,7 @@ class FateZeroEditor(Editor):
                  equalizer: Mapping[str, float] | None = None, blend_words: Sequence[str] | None = None,
                  blend_threshold: float = 0.3, fusion_max_tokens: int | None = 1024,
                  st_attention: Sequence[str | int] = ("mid",), st_attention_from_level: int = 1,
-                 encode: str = "sample", vae_batch: int = 8, attention_kernels: Sequence[str] | None = None,
+                 attention_source: str = "inversion", encode: str = "sample", vae_batch: int = 8, attention_kernels: Sequence[str] | None = None,
                  latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         self.check_params({k: v for k, v in locals().items() if k not in ("self", "__class__", *self.INJECTED)})
@@ -352,6 +356,10 @@ class FateZeroEditor(Editor):
         self.fusion_max_tokens = fusion_max_tokens
         self.st_attention = [k if isinstance(k, str) else int(k) for k in st_attention]
         self.st_attention_from_level = int(st_attention_from_level)
+        self.attention_source = attention_source
+        if attention_source == "reconstruction" and self.blending:
+            raise EditorError("fatezero: attention_source=reconstruction with blend_words is not supported (the "
+                              "blend mask comes from the inversion); use attention_source=inversion")
         self.encode, self.vae_batch = encode, int(vae_batch)
         self.attention_kernels = None if attention_kernels is None else list(attention_kernels)
         self.latent_cache = latent_cache
@@ -401,7 +409,8 @@ class FateZeroEditor(Editor):
             frames = torch.cat([self.backbone.decode_latents(c).cpu() for c in latents.split(self.vae_batch)])
         return timer.result(frames, inversion_cached=cached, controller=controls["controller"],
                             self_steps=len(self.self_window()), cross_steps=len(self.cross_window()),
-                            unet_calls=self.steps * (1 + (not cached)))
+                            unet_calls=self.steps * (1 + (not cached)),
+                            attention_source=self.attention_source)
 
     def prompt_controls(self, source: str, target: str) -> dict[str, Any]:
         """Word alignment, equalizer and blend tokens for a prompt pair. `replace` needs the same number of
@@ -499,16 +508,24 @@ class FateZeroEditor(Editor):
         state.mapper, state.alphas, state.equalizer = controls["mapper"], controls["alphas"], controls["equalizer"]
         self_steps, cross_steps = self.self_window(), self.cross_window()
         x = trajectory[0].clone()
+        x_rec = x.clone()  # attention_source=reconstruction: the source prompt's own sampling
+        last_fused = max(len(self_steps), len(cross_steps))
+        rec = self.attention_source == "reconstruction"
         with self._processors(state):
             for i in range(self.steps):
                 state.self_on, state.cross_alpha = i in self_steps, float(i in cross_steps)
-                with_source = state.self_on or state.cross_alpha > 0
-                state.source, state.cond = (0, 2) if with_source else (None, 1)
+                with_source = i < last_fused
                 state.masks = self.masks(maps[i], controls["blend_tokens"], x.shape[-2:]) \
                     if state.self_on and maps is not None else {}
-                rows = [trajectory[i + 1], x, x] if with_source else [x, x]
-                emb = embeds if with_source else embeds[1:]
+                if not with_source:
+                    state.source, state.cond, rows, emb = None, 1, [x, x], embeds[1:]
+                elif rec:  # rows [uncond; source] of the reconstruction, then the edit's
+                    state.source, state.cond, rows, emb = 1, 3, [x_rec, x_rec, x, x], embeds[[1, 0, 1, 2]]
+                else:  # the inversion's call at this timestep, then the edit's rows
+                    state.source, state.cond, rows, emb = 0, 2, [trajectory[i + 1], x, x], embeds
                 out = self._unet(torch.cat(rows), ddim.timesteps[i], emb.repeat_interleave(f, dim=0))
+                if with_source and rec:
+                    x_rec = ddim.step(x_rec, classifier_free_guidance(out[:2 * f], self.guidance_scale), i)[0]
                 eps = classifier_free_guidance(out[-2 * f:], self.guidance_scale)
                 x = ddim.step(x, eps, i)[0]
         return x
