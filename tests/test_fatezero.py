@@ -305,6 +305,28 @@ def test_same_prompt_with_fusion_at_every_step_reproduces_the_reconstruction(bb6
     assert (other - plain).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("kw", [{}, {"self_replace_steps": 0.5, "cross_replace_steps": 0.7}])
+def test_recomputed_source_attention_equals_the_released_store_of_every_map(bb64, monkeypatch, kw):
+    """benchmarks/perf/bench_fatezero.py's peer keeps every attention map of the inversion, as the released
+    code does, and edits from the stored maps; recomputing them in the editing call gives the same edit."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks" / "perf"))
+    from bench_fatezero import ReleasedStructure
+
+    task = random_task(frames=4, target="a watercolor red square")
+    ours = editor(bb64, steps=4, **kw)
+    stored = ReleasedStructure(bb64, steps=4, **kw)
+    source, uncond, target = bb64.encode_prompt([task.source_prompt, "", task.target_prompt]).chunk(3)
+    controls = ours.prompt_controls(task.source_prompt, task.target_prompt)
+    x0 = ours.encode_video(task)
+    results = []
+    for ed in (ours, stored):
+        trajectory, maps = ed.invert(x0, source)
+        results.append(ed.sample(trajectory, maps, torch.cat([source, uncond, target]), controls))
+    torch.testing.assert_close(results[0], results[1])
+    plain = editor(bb64, steps=4, self_replace_steps=0.0, cross_replace_steps=0.0)
+    assert (plain.sample(trajectory, None, torch.cat([source, uncond, target]), controls) - results[0]).abs().max() > 1e-3
+
+
 def test_inversion_is_cached_per_video_and_shared_between_target_prompts(bb64):
     cache: dict = {}
     ed = editor(bb64, latent_cache=cache)
