@@ -169,7 +169,8 @@ class _Fusion:
     """What the attention processors share during one UNet call.
 
     Rows are laid out group-major: group g holds all `frames` frames ([source; uncond; cond] when
-    editing, [source] when inverting)."""
+    editing, [uncond; source; uncond; cond] with attention_source=reconstruction, [source] when
+    inverting); `source` and `cond` name the groups fusion reads from and writes to."""
 
     def __init__(self, frames: int, max_tokens: int | None) -> None:
         self.frames = frames
@@ -343,8 +344,8 @@ class FateZeroEditor(Editor):
                  equalizer: Mapping[str, float] | None = None, blend_words: Sequence[str] | None = None,
                  blend_threshold: float = 0.3, fusion_max_tokens: int | None = 1024,
                  st_attention: Sequence[str | int] = ("mid",), st_attention_from_level: int = 1,
-                 attention_source: str = "inversion", encode: str = "sample", vae_batch: int = 8, attention_kernels: Sequence[str] | None = None,
-                 latent_cache: MutableMapping | None = None) -> None:
+                 attention_source: str = "inversion", encode: str = "sample", vae_batch: int = 8,
+                 attention_kernels: Sequence[str] | None = None, latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
         self.check_params({k: v for k, v in locals().items() if k not in ("self", "__class__", *self.INJECTED)})
         self.steps, self.guidance_scale = int(steps), float(guidance_scale)
