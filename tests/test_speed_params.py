@@ -28,6 +28,7 @@ CASES = {
                   "sampling_graphs": False, "propagation_graphs": False}),
     "tokenflow": ("sd21", {"steps": 3, "inversion_steps": 9, "batch_size": 3},
                   {"unet_batch": 1, "vae_batch": 1, "attention_kernels": ["math"]}),
+    "fatezero": ("sd14", {"steps": 3}, {"vae_batch": 1, "attention_kernels": ["math"]}),
     "vidmp3": ("sd15-animatediff", {"steps": 2, "tune_steps": 2, "guide_resolution": 32},
                {"gradient_checkpointing": True, "vae_batch": 1, "attention_kernels": ["math"]}),
 }

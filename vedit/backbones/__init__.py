@@ -110,7 +110,7 @@ class Backbone:
 def build_backbone(kind: str, family: str, device: str | torch.device = "cpu", dtype: str = "float32",
                    seed: int = 0, paths: dict[str, str] | None = None, controlnet: str = "canny",
                    local_files_only: bool | None = None) -> Backbone:
-    """Build the components of `family` ("sd2-depth", "sd15-controlnet", "sd15-animatediff", "sd15", "sd21")."""
+    """Build the components of `family` ("sd2-depth", "sd15-controlnet", "sd15-animatediff", "sd15", "sd21", "sd14")."""
     if kind not in KINDS:
         raise ValueError(f"backbone kind={kind!r} is unknown; choose one of {KINDS}")
     if family not in arch.FAMILIES:

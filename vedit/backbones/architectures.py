@@ -78,6 +78,7 @@ FAMILIES: dict[str, dict] = {
                              depth_estimator=DPT_HYBRID),
     "sd2-depth": dict(unet=UNET_SD2_DEPTH, text=TEXT_OPENCLIP_H, depth_estimator=DPT_HYBRID),
     "sd21": dict(unet=UNET_SD21, text=TEXT_OPENCLIP_H),
+    "sd14": dict(unet=UNET_SD15, text=TEXT_CLIP_L),  # SD v1-4: the SD 1.5 architecture
 }
 TINY: dict[str, dict] = {
     "sd15": dict(unet=TINY_UNET, text=TINY_TEXT),
@@ -87,4 +88,5 @@ TINY: dict[str, dict] = {
     "sd2-depth": dict(unet=dict(TINY_UNET, in_channels=5, use_linear_projection=True), text=TINY_TEXT,
                       depth_estimator=TINY_DPT),
     "sd21": dict(unet=dict(TINY_UNET, use_linear_projection=True), text=TINY_TEXT),
+    "sd14": dict(unet=TINY_UNET, text=TINY_TEXT),
 }

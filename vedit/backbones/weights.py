@@ -45,6 +45,13 @@ PAPER_WEIGHTS: dict[str, dict[str, tuple[str, str | None]]] = {
         "tokenizer": ("stabilityai/stable-diffusion-2-1-base", "tokenizer"),
         "scheduler": ("stabilityai/stable-diffusion-2-1-base", "scheduler"),
     },
+    "sd14": {  # FateZero; its DDIM scheduler is built from the checkpoint's scheduler config
+        "unet": ("CompVis/stable-diffusion-v1-4", "unet"),
+        "vae": ("CompVis/stable-diffusion-v1-4", "vae"),
+        "text_encoder": ("CompVis/stable-diffusion-v1-4", "text_encoder"),
+        "tokenizer": ("CompVis/stable-diffusion-v1-4", "tokenizer"),
+        "scheduler": ("CompVis/stable-diffusion-v1-4", "scheduler"),
+    },
     "sd15": {
         "unet": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
         "vae": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae"),
