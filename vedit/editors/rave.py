@@ -117,7 +117,10 @@ class RaveEditor(Editor):
                  inversion_batch: int = 64, vae_batch: int = 1, attention_kernels: Sequence[str] | None = None,
                  latent_cache: MutableMapping | None = None) -> None:
         super().__init__(backbone, estimators)
-        self.check_params({k: v for k, v in locals().items() if k not in ("self", "__class__", *self.INJECTED)})
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__", *self.INJECTED)}
+        # lists from a Hydra config arrive as ListConfig
+        self.check_params({k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+                           for k, v in given.items()})
         self.steps, self.inversion_steps = int(steps), int(inversion_steps or steps)
         self.guidance_scale, self.cond_step_start = float(guidance_scale), float(cond_step_start)
         self.negative_prompt, self.inversion_prompt = negative_prompt, inversion_prompt
