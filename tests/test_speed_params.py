@@ -26,6 +26,8 @@ CASES = {
                  {"schedule": "sequential", "reuse_direct_pass": False, "sampling_batch_size": 1,
                   "batch_multiple": None, "attention_kernels": ["math"], "propagation_batch": 1,
                   "sampling_graphs": False, "propagation_graphs": False}),
+    "rave": ("sd15-controlnet-depth", {"steps": 3, "inversion_steps": 3, "grid_size": 2},
+             {"grid_batch": 1, "inversion_batch": 2, "vae_batch": 2, "attention_kernels": ["math"]}),
     "tokenflow": ("sd21", {"steps": 3, "inversion_steps": 9, "batch_size": 3},
                   {"unet_batch": 1, "vae_batch": 1, "attention_kernels": ["math"]}),
     "fatezero": ("sd14", {"steps": 3}, {"vae_batch": 1, "attention_kernels": ["math"]}),

@@ -76,6 +76,7 @@ FAMILIES: dict[str, dict] = {
     "sd15-controlnet": dict(unet=UNET_SD15, text=TEXT_CLIP_L, controlnet=True),
     "sd15-animatediff": dict(unet=UNET_SD15, text=TEXT_CLIP_L, motion_adapter=MOTION_ADAPTER_V152,
                              depth_estimator=DPT_HYBRID),
+    "sd15-controlnet-depth": dict(unet=UNET_SD15, text=TEXT_CLIP_L, controlnet=True, depth_estimator=DPT_HYBRID),
     "sd2-depth": dict(unet=UNET_SD2_DEPTH, text=TEXT_OPENCLIP_H, depth_estimator=DPT_HYBRID),
     "sd21": dict(unet=UNET_SD21, text=TEXT_OPENCLIP_H),
     "sd14": dict(unet=UNET_SD15, text=TEXT_CLIP_L),  # SD v1-4: the SD 1.5 architecture
@@ -85,6 +86,7 @@ TINY: dict[str, dict] = {
     "sd15-controlnet": dict(unet=TINY_UNET, text=TINY_TEXT, controlnet=True),
     "sd15-animatediff": dict(unet=TINY_UNET, text=TINY_TEXT, motion_adapter=TINY_MOTION_ADAPTER,
                              depth_estimator=TINY_DPT),
+    "sd15-controlnet-depth": dict(unet=TINY_UNET, text=TINY_TEXT, controlnet=True, depth_estimator=TINY_DPT),
     "sd2-depth": dict(unet=dict(TINY_UNET, in_channels=5, use_linear_projection=True), text=TINY_TEXT,
                       depth_estimator=TINY_DPT),
     "sd21": dict(unet=dict(TINY_UNET, use_linear_projection=True), text=TINY_TEXT),

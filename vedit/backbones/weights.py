@@ -52,6 +52,14 @@ PAPER_WEIGHTS: dict[str, dict[str, tuple[str, str | None]]] = {
         "tokenizer": ("CompVis/stable-diffusion-v1-4", "tokenizer"),
         "scheduler": ("CompVis/stable-diffusion-v1-4", "scheduler"),
     },
+    "sd15-controlnet-depth": {  # RAVE: SD 1.5 + ControlNet v1.1 depth (its released default, depth_zoe)
+        "unet": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
+        "vae": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae"),
+        "text_encoder": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "text_encoder"),
+        "tokenizer": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+        "controlnet": ("lllyasviel/control_v11f1p_sd15_depth", None),
+        "depth_estimator": ("Intel/dpt-hybrid-midas", None),  # MiDaS DPT-hybrid: vedit's depth (not ZoeDepth)
+    },
     "sd15": {
         "unet": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
         "vae": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae"),
