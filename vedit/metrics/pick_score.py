@@ -104,6 +104,7 @@ class PickScore(Metric):
     loads on the first call."""
 
     name = "pick_score"
+    prompts_needed = ("target_prompt",)
     higher_is_better = True
 
     def __init__(self, model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR,
