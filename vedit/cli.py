@@ -57,15 +57,15 @@ def _param_errors(method: str, key: str, value: str, conf: Path) -> list[str]:
     file = conf / "method" / f"{method}.yaml"
     if not file.exists():
         return []
-    params = (yaml.safe_load(file.read_text()) or {}).get("params") or {}
+    conf = yaml.safe_load(file.read_text()) or {}
     name = key.split(".", 1)[0]
-    if name in params:
+    if name in (conf.get("params") or {}):
         return []
     from vedit.editors.params import ParamError
     from vedit.registry import EDITORS, UnknownNameError
 
     try:
-        EDITORS.get((yaml.safe_load(file.read_text()) or {}).get("name", method)).check_params({name: value})
+        EDITORS.get(conf.get("name", method)).check_params({name: value})
     except (ParamError, UnknownNameError) as e:
         return [str(e)]
     return [f"{method}: method.params.{name} is a parameter conf/method/{method}.yaml does not list; "
