@@ -37,7 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_PROMPT = "a black swan with a red beak swimming in a river near a wall and bushes"
-TARGET_PROMPT = "a white duck with a yellow beak swimming in a river near a wall and bushes"
+TARGET_PROMPTS = ("a white duck with a yellow beak swimming in a river near a wall and bushes",
+                  "a pink flamingo swimming in a river near a wall and bushes")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -47,8 +48,9 @@ def ping_pong(frames: list[Path], length: int, offset: int = 0) -> list[Path]:
     return [cycle[(offset + i) % len(cycle)] for i in range(length)]
 
 
-def make_dataset(source: Path, length: int, root: Path, videos: int = 2) -> Path:
-    """`videos` (1 or 2) frame-folder videos of `length` frames and their prompts file (the folder dataset layout)."""
+def make_dataset(source: Path, length: int, root: Path, videos: int = 2, prompts: int = 1) -> Path:
+    """`videos` (1 or 2) frame-folder videos of `length` frames, each with `prompts` (1 or 2) edit prompts, and their
+    prompts file (the folder dataset layout)."""
     frames = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not frames:
         raise SystemExit(f"--source {source} holds no {IMAGE_SUFFIXES} frames")
@@ -58,7 +60,7 @@ def make_dataset(source: Path, length: int, root: Path, videos: int = 2) -> Path
         folder.mkdir(parents=True)
         for i, src in enumerate(ping_pong(frames, length, offset)):
             shutil.copyfile(src, folder / f"{i:05d}{src.suffix.lower()}")
-        entries[folder.name] = {"source_prompt": SOURCE_PROMPT, "edit_prompts": [TARGET_PROMPT]}
+        entries[folder.name] = {"source_prompt": SOURCE_PROMPT, "edit_prompts": list(TARGET_PROMPTS[:prompts])}
     (root / "prompts.yaml").write_text(json.dumps({"videos": entries}, indent=1))  # JSON is YAML
     return root
 
@@ -119,6 +121,8 @@ def main() -> None:
                     help="a setting to compare: its name, then Hydra overrides (repeatable; default: one, no overrides)")
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per method, length and variant")
     ap.add_argument("--videos", type=int, default=2, choices=(1, 2), help="1: the first cell only")
+    ap.add_argument("--prompts", type=int, default=1, choices=(1, 2),
+                    help="edit prompts per video: 2 shows what a second prompt on the same video costs (cached inversion)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", type=Path, default=None, help="keep the stores here (default: a temp dir)")
     ap.add_argument("--no-prime", action="store_true",
@@ -136,7 +140,7 @@ def main() -> None:
     variants = [(v[0], v[1:]) for v in args.variant] or [("default", [])]
     results = []
     for length in args.frames:
-        data_root = make_dataset(args.source, length, base / f"data_{length}", args.videos)
+        data_root = make_dataset(args.source, length, base / f"data_{length}", args.videos, args.prompts)
         for method, repeat, (variant, extra) in itertools.product(args.methods, range(args.repeats), variants):
             work = base / f"{method}_{length}_{variant}_{repeat}"
             res = run_method(method, data_root, work, args.override + per_method.get(method, []) + extra, args.timeout)
