@@ -222,8 +222,10 @@ def build_method_backbone(cfg: DictConfig, device: torch.device):
                               seed=int(bcfg.seed), paths=dict(bcfg.get("paths") or {}),
                               controlnet=cfg.method.params.get("control", "canny"))
     if bcfg.get("compile"):
-        from vedit.backbones.compile import compile_blocks
+        from vedit.backbones.compile import compile_blocks, use_compile_cache
 
+        if bcfg.get("compile_cache"):
+            use_compile_cache(bcfg.compile_cache)
         for model in (backbone.unet, backbone.controlnet):
             if model is not None:
                 compile_blocks(model)

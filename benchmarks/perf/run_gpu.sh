@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the GPU performance benchmarks in one go on a device machine; logs and JSON go to $OUT (or ./perf_out).
-# Usage: bash benchmarks/perf/run_gpu.sh [pix2video rerender propagation vidmp3 cli cli_scaling cli_vidmp3 fatezero cli_fatezero cli_rave metrics cli_rerender cli_tokenflow_prompts]
+# Usage: bash benchmarks/perf/run_gpu.sh [pix2video rerender propagation vidmp3 cli cli_scaling cli_vidmp3 fatezero cli_fatezero cli_rave metrics cli_rerender cli_tokenflow_prompts cli_compile]
 # The cli* entries run `python -m vedit.run` in fresh processes (bench_cli.py) on SOURCE, a folder of
 # frames (default: DAVIS blackswan from davis-mini beside the checkout).
 set -u
@@ -27,6 +27,8 @@ for b in "${@:-pix2video rerender propagation vidmp3}"; do
       cli_rerender) R=method.params; P=$R.propagation
                    cmd="$CLI --methods rerender --frames 16 50 --videos 1 --variant released --variant before27 $R.occlusion=estimator $R.pixel_fusion.fidelity_mask=any_pixel $R.pixel_fusion.reference_noise=per_key $P.edge_guide=luminance $P.guide_warp=bilinear $P.temporal_mask=true $P.pos_guide=xy $P.poisson=false"; limit=${BENCH_TIMEOUT:-590} ;;
       cli_tokenflow_prompts) cmd="$CLI --methods tokenflow --frames 50 --videos 1 --prompts 2"; limit=${BENCH_TIMEOUT:-590} ;;
+      cli_compile) CC=$(mktemp -d)  # repeat 0 of the compile variant fills the cache (cold), repeat 1 reads it (warm)
+                   cmd="$CLI --methods ${COMPILE_METHODS:-pix2video rerender tokenflow} --frames 50 --repeats 2 --variant eager --variant compile backbone.compile=true backbone.compile_cache=$CC"; limit=${BENCH_TIMEOUT:-590} ;;
       cli_rave)    cmd="$CLI --methods rave --frames 16 50 --variant default --variant released method.params.grid_batch=4 method.params.inversion_batch=36"; limit=${BENCH_TIMEOUT:-590} ;;
     esac
     echo "=== $name: python $cmd"
