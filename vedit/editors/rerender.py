@@ -64,14 +64,14 @@ from collections.abc import Sequence
 import torch
 
 from vedit.editors import params as P
+from vedit.editors._rerender.attention import KeyFrameAttention, WavefrontAttention
+from vedit.editors._rerender.fusion import (PixelFusion, adain, cell_min, flat_region, inpainting_rescale,
+                                            match_colour, pixel_reference, restore_luminosity, soften_occlusion)
+from vedit.editors._rerender.graphs import StaticKV, WavefrontGraphs
+from vedit.editors._rerender.keyframes import chained_flow, flow_from_correspondence, key_frame_indices
+from vedit.editors._rerender.sampler import KeyFrame, KeyFrameSampler, Lane
+from vedit.editors._rerender.schedule import Pass, is_final_pass, period_steps, start_step, wavefront_plan
 from vedit.editors.base import Editor, EditorError, PhaseTimer, round_up
-from vedit.editors.rerender_parts.attention import KeyFrameAttention, WavefrontAttention
-from vedit.editors.rerender_parts.fusion import (PixelFusion, adain, cell_min, flat_region, inpainting_rescale,
-                                                 match_colour, pixel_reference, restore_luminosity, soften_occlusion)
-from vedit.editors.rerender_parts.graphs import StaticKV, WavefrontGraphs
-from vedit.editors.rerender_parts.keyframes import chained_flow, flow_from_correspondence, key_frame_indices
-from vedit.editors.rerender_parts.sampler import KeyFrame, KeyFrameSampler, Lane
-from vedit.editors.rerender_parts.schedule import Pass, is_final_pass, period_steps, start_step, wavefront_plan
 from vedit.ops.attention import (SDPA_KERNELS, InjectedKVAttnProcessor, attention_processors, sdpa_kernels,
                                  self_attention_layers)
 from vedit.ops.ddim import DDIM
@@ -349,7 +349,7 @@ class RerenderEditor(Editor):
                               "method.params.propagation_graphs=false: the same frames, less memory") from e
 
 
-# moved to vedit.editors.rerender_parts; importable from here as before
+# moved to vedit.editors._rerender; importable from here as before
 _Sampler, _Lane = KeyFrameSampler, Lane
 __all__ = ["ADDED_PROMPT", "NEGATIVE_PROMPT", "PERIOD_ENDS", "KeyFrame", "KeyFrameAttention", "KeyFrameSampler", "Lane",
            "Pass", "PixelFusion", "RerenderEditor", "StaticKV", "WavefrontAttention", "WavefrontGraphs", "adain",

@@ -9,7 +9,7 @@ import torch
 from vedit.ops.cuda_graphs import Captured, capture
 
 if TYPE_CHECKING:
-    from vedit.editors.rerender_parts.sampler import KeyFrameSampler
+    from vedit.editors._rerender.sampler import KeyFrameSampler
 
 
 class StaticKV:

@@ -9,7 +9,7 @@ import torch
 from vedit.ops.transfer import to_device
 
 if TYPE_CHECKING:
-    from vedit.editors.rerender_parts.graphs import StaticKV
+    from vedit.editors._rerender.graphs import StaticKV
 
 
 class KeyFrameAttention:

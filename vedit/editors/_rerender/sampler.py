@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vedit.editors._rerender.attention import KeyFrameAttention, WavefrontAttention
+from vedit.editors._rerender.fusion import (PixelFusion, adain, cell_min, inpainting_rescale, pixel_reference,
+                                            soften_occlusion)
+from vedit.editors._rerender.schedule import Pass, is_final_pass, start_step, wavefront_plan
 from vedit.editors.base import round_up
-from vedit.editors.rerender_parts.attention import KeyFrameAttention, WavefrontAttention
-from vedit.editors.rerender_parts.fusion import (PixelFusion, adain, cell_min, inpainting_rescale, pixel_reference,
-                                                 soften_occlusion)
-from vedit.editors.rerender_parts.schedule import Pass, is_final_pass, start_step, wavefront_plan
 from vedit.ops.ddim import DDIM, classifier_free_guidance
 from vedit.ops.transfer import to_device
 from vedit.ops.vae import backbone_fidelity_encode
