@@ -90,8 +90,6 @@ NEGATIVE_PROMPT = ("longbody, lowres, bad anatomy, bad hands, missing fingers, e
 PROPAGATION_PARAMS = set(inspect.signature(propagate_keyframes).parameters) - {
     "source", "key_indices", "key_outputs", "flow_fwd", "flow_bwd", "occ_fwd", "occ_bwd", "chain_batch", "cuda_graphs",
     "device", "seed"}
-# The released code's EbSynth binary call (video_blend.py): 12 search/vote iterations per level with the
-# style term at weight 1 (its default), pyramid down to a short side of 2 * patch_size + 1 = 11 px.
 # (start inclusive, end inclusive) per period, as the released code compares steps with steps * period
 PERIOD_ENDS = {"shape_fusion": (True, True), "pixel_fusion": (False, False), "color_adain": (True, True)}
 SHAPE_FUSION = {"enabled": True, "period": (0.0, 0.1)}
