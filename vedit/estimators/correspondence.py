@@ -24,14 +24,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vedit.errors import EstimatorError, error_summary
+from vedit.errors import load_estimator_weights
+from vedit.estimators.depth import IMAGENET_MEAN, IMAGENET_STD
 
 DINO_MODEL = "facebook/dinov2-base"  # SD-DINO's default MODEL_SIZE=base
 SD_SIZE, DINO_SIZE = 960, 840
 TIMESTEP = 100
 PCA_DIM = 256
 SD_BLOCKS = (0, 1, 2)  # decoder blocks whose last layer is read (ODISE indices 2, 5, 8 in SD 1.5)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def load_dinov2(model_id: str = DINO_MODEL, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -46,13 +46,9 @@ def load_dinov2(model_id: str = DINO_MODEL, device: str | torch.device = "cpu") 
             torch.manual_seed(0)
             model = Dinov2Model(Dinov2Config(image_size=518, **(small if model_id == "tiny" else {})))
         return model.eval().to(device)
-    try:
-        model = Dinov2Model.from_pretrained(model_id)
-    except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
-        raise EstimatorError(
-            f"correspondence=sd_dino needs DINOv2 weights {model_id!r} and could not load them: {error_summary(e)}. "
-            "Put them in the Hugging Face cache (HF_HOME), point method.params.dino_model at a local copy, "
-            "or use method.params.correspondence=flow") from e
+    model = load_estimator_weights(
+        lambda: Dinov2Model.from_pretrained(model_id), "correspondence=sd_dino needs DINOv2 weights", model_id,
+        "point method.params.dino_model at a local copy, or use method.params.correspondence=flow")
     return model.eval().to(device)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vedit.errors import EstimatorError, error_summary
+from vedit.errors import load_estimator_weights
 
 DEPTH_METHODS = ("auto", "dpt", "depth_anything", "gt")
 DEPTH_ANYTHING_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
@@ -50,13 +50,10 @@ def load_depth_anything(model_id: str = DEPTH_ANYTHING_MODEL, device: str | torc
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return DepthAnythingForDepthEstimation(config).eval().to(device)
-    try:
-        model = DepthAnythingForDepthEstimation.from_pretrained(model_id)
-    except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
-        raise EstimatorError(
-            f"estimators.depth=depth_anything needs weights {model_id!r} and could not load them: "
-            f"{error_summary(e)}. Put them in the Hugging Face cache "
-            "(HF_HOME), point estimators.depth_anything_model at a local copy, or use estimators.depth=auto") from e
+    model = load_estimator_weights(
+        lambda: DepthAnythingForDepthEstimation.from_pretrained(model_id),
+        "estimators.depth=depth_anything needs weights", model_id,
+        "point estimators.depth_anything_model at a local copy, or use estimators.depth=auto")
     return model.eval().to(device)
 
 

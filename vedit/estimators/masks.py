@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vedit.errors import EstimatorError, error_summary
+from vedit.errors import load_estimator_weights
 from vedit.estimators.depth import IMAGENET_MEAN, IMAGENET_STD
 
 MASK_METHODS = ("dataset", "salient", "none")
@@ -30,14 +30,10 @@ def load_salient(model_id: str = SALIENT_MODEL, device: str | torch.device = "cp
     """(CLIPSeg model, tokenizer) from a Hub id or local path (HF_HUB_OFFLINE=1: local caches only)."""
     from transformers import CLIPSegForImageSegmentation, CLIPTokenizer
 
-    try:
-        model = CLIPSegForImageSegmentation.from_pretrained(model_id)
-        tokenizer = CLIPTokenizer.from_pretrained(model_id)
-    except Exception as e:  # noqa: BLE001 - hub, OS and parse errors all mean "not available"
-        raise EstimatorError(
-            f"salient masks need CLIPSeg weights {model_id!r} and could not load them: {error_summary(e)}. "
-            "Put them in the Hugging Face cache (HF_HOME), point "
-            "estimators.salient_model at a local copy, or use estimators.masks=dataset|none") from e
+    model, tokenizer = load_estimator_weights(
+        lambda: (CLIPSegForImageSegmentation.from_pretrained(model_id), CLIPTokenizer.from_pretrained(model_id)),
+        "salient masks need CLIPSeg weights", model_id,
+        "point estimators.salient_model at a local copy, or use estimators.masks=dataset|none")
     return model.eval().to(device), tokenizer
 
 
