@@ -5,7 +5,8 @@
     python benchmarks/perf/bench_metrics.py --device cpu --set v2vbench --frames 6 --size 64 --tiny --out /tmp/m.json   # smoke test
 
 Weights do not change compute: CLIP ViT-L/14 (QuickGELU, as load_clip builds it), PickScore's CLIP
-ViT-H/14, DINOv2-base and the aesthetic head are built with random weights at their real sizes;
+ViT-H/14, DINOv2-base, the aesthetic head and ViCLIP-L/14 (on 8 of the frames, as V2VBench) are built
+with random weights at their real sizes;
 RAFT uses the torch hub weights when cached, else random weights. Two passes over the set: `cold`
 (the source video's flow is estimated, as for the first edit of a video) and `warm` (the source flow
 is in the cache, as for every later edit of that video; a new edited tensor, so CLIP encodes again).
@@ -47,12 +48,13 @@ def build_models(tiny: bool, clip_cfg: dict, device: torch.device) -> dict:
     from vedit.metrics.dino import IMAGENET_MEAN, IMAGENET_STD, DinoEncoder, tiny_dino
     from vedit.metrics.pick_score import HFClipScorer, tiny_pickscore
     from vedit.metrics.preprocess import ImagePreprocess
+    from vedit.metrics.viclip import random_viclip, tiny_viclip
 
     prep = {"preprocess": clip_cfg.get("preprocess", "open_clip"), "square": clip_cfg.get("square")}
     if tiny:
         clip = tiny_clip(device=device, **prep)
         return {"clip": clip, "pick": tiny_pickscore(device=device), "dino": tiny_dino(device=device),
-                "head": aesthetic_head(clip.model.text_projection.shape[1])}
+                "head": aesthetic_head(clip.model.text_projection.shape[1]), "viclip": tiny_viclip(device=device)}
     clip = load_clip("ViT-L-14", "openai", device=device, load_weights=False, **prep)
     h14 = CLIPConfig(  # laion/CLIP-ViT-H-14-laion2B-s32B-b79K's architecture, as PickScore_v1 fine-tunes it
         text_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
@@ -67,10 +69,11 @@ def build_models(tiny: bool, clip_cfg: dict, device: torch.device) -> dict:
                                                 patch_size=14, image_size=518)),
                        ImagePreprocess(256, (224, 224), IMAGENET_MEAN, IMAGENET_STD), name="random dinov2-base",
                        device=device)
-    return {"clip": clip, "pick": pick, "dino": dino, "head": aesthetic_head(768)}
+    return {"clip": clip, "pick": pick, "dino": dino, "head": aesthetic_head(768),
+            "viclip": random_viclip(device=device)}
 
 
-def instantiate(name: str, options: dict, models: dict, estimators):
+def instantiate(name: str, options: dict, models: dict, estimators, frames: int = 24):
     import inspect
 
     from vedit.registry import METRICS
@@ -88,6 +91,12 @@ def instantiate(name: str, options: dict, models: dict, estimators):
         kwargs["encoder"] = models["dino"]
     if name == "aesthetic_score":
         kwargs["head"] = models["head"]
+    if name == "viclip_text":
+        from vedit.metrics.viclip import sample_frames
+
+        kwargs["encoder"] = models["viclip"]
+        if len(sample_frames(frames, "stride", kwargs.get("stride", 3))) != 8:
+            kwargs["sampling"] = "uniform"  # 8 frames of any --frames >= 8: what the stride gives V2VBench's 24
     return cls(**kwargs)
 
 
@@ -128,7 +137,7 @@ def main() -> None:
                      "clip": models["clip"].describe(), "raft": raft_name, "raft_weights": raft_weights, "passes": {}}
     with tempfile.TemporaryDirectory() as cache:
         estimators = Estimators(flow="raft", flow_model=raft, raft_name=raft_name, cache_dir=cache, device=str(device))
-        metrics = [instantiate(n, cfg.get("options") or {}, models, estimators) for n in cfg["names"]]
+        metrics = [instantiate(n, cfg.get("options") or {}, models, estimators, args.frames) for n in cfg["names"]]
         for name in ("cold", "warm"):
             edited = (frames.flip(1) * 255).round().to(torch.uint8)  # a colour edit, stored as uint8; new each pass
             per_metric, total = {}, 0.0
