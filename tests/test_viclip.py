@@ -320,3 +320,23 @@ def test_viclip_text_joins_the_v2vbench_preset_with_v2vbenchs_settings():
     task = task_of(smooth_frames(2, 32, 32))
     assert ViClipText(model="random").models(task) == {"viclip": "random-viclip", "viclip_tiny": True}
     assert ViClipText(sampling="uniform", stride=5).config(task)["stride"] is None
+
+
+def test_the_preset_builds_through_the_run_and_records_the_model():
+    from hydra import compose, initialize_config_dir
+
+    from vedit.metrics.scoring import metric_entry
+    from vedit.run import build_metrics
+
+    with initialize_config_dir(config_dir=os.path.abspath("conf"), version_base=None):
+        cfg = compose("config", overrides=["metrics=v2vbench", "metrics.names=[viclip_text]",
+                                           "metrics.options.viclip_text.model=tiny"])
+    (metric,) = build_metrics(cfg, None, torch.device("cpu"))
+    frames = smooth_frames(24, 32, 40, seed=9)
+    task = task_of(frames)
+    entry = metric_entry(metric, frames, task)
+    enc = tiny_viclip()  # what model=tiny builds
+    assert entry["values"] == {"viclip_text": alignment_score(enc.video_embedding(frames[::3]),
+                                                              enc.text_embedding(task.target_prompt))}
+    assert entry["higher_is_better"] is True and entry["models"] == {"viclip": "tiny-viclip", "viclip_tiny": True}
+    assert entry["config"]["sampling"] == "stride" and entry["config"]["stride"] == 3
