@@ -106,9 +106,14 @@ def test_the_metric_sees_only_the_sampled_frames_and_names_the_fix_for_other_len
     assert metric(sampled, task)["viclip_text"] != pytest.approx(score, abs=1e-6)
     assert metric(frames[:3], task)["viclip_text"] == alignment_score(enc.video_embedding(frames[:1]),
                                                                       enc.text_embedding(task.target_prompt))
+    odd = smooth_frames(25, 40, 48)
     with pytest.raises(MetricError, match=r"'vid' has 25 frames.*9.*22-24 frames.*stride.*uniform"):
-        metric(smooth_frames(25, 40, 48), task)
+        ViClipText(encoder=enc, otherwise="error")(odd, task)
+    assert metric(odd, task)["viclip_text"] == alignment_score(enc.video_embedding(odd[0:24:3]),
+                                                               enc.text_embedding(task.target_prompt))
     long = smooth_frames(50, 32, 32)
+    assert metric(long, task)["viclip_text"] == alignment_score(enc.video_embedding(long[0:48:6]),
+                                                                enc.text_embedding(task.target_prompt))
     uniform = ViClipText(encoder=enc, sampling="uniform")
     assert uniform(long, task)["viclip_text"] == alignment_score(enc.video_embedding(long[0:48:6]),
                                                                  enc.text_embedding(task.target_prompt))
@@ -316,7 +321,7 @@ def test_viclip_text_joins_the_v2vbench_preset_with_v2vbenchs_settings():
         v2v = compose("config", overrides=["metrics=v2vbench"]).metrics
     assert "viclip_text" in v2v.names and METRICS.get("viclip_text") is ViClipText
     assert dict(v2v.options.viclip_text) == {"model": VICLIP_MODEL, "filename": VICLIP_FILE, "sampling": "stride",
-                                             "stride": 3}
+                                             "stride": 3, "otherwise": "uniform"}
     task = task_of(smooth_frames(2, 32, 32))
     assert ViClipText(model="random").models(task) == {"viclip": "random-viclip", "viclip_tiny": True}
     assert ViClipText(sampling="uniform", stride=5).config(task)["stride"] is None

@@ -92,11 +92,7 @@ def instantiate(name: str, options: dict, models: dict, estimators, frames: int 
     if name == "aesthetic_score":
         kwargs["head"] = models["head"]
     if name == "viclip_text":
-        from vedit.metrics.viclip import sample_frames
-
         kwargs["encoder"] = models["viclip"]
-        if len(sample_frames(frames, "stride", kwargs.get("stride", 3))) != 8:
-            kwargs["sampling"] = "uniform"  # 8 frames of any --frames >= 8: what the stride gives V2VBench's 24
     return cls(**kwargs)
 
 

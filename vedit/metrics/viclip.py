@@ -307,20 +307,26 @@ class ViClipText(Metric):
 
     `model`: a Hub repo id holding `filename`, a folder holding it, a checkpoint file, "tiny"
     (`tiny_viclip`, tests) or "random" (ViCLIP-L/14 with random weights, timing). `sampling` /
-    `stride`: which frames the model sees (`sample_frames`; V2VBench: "stride", 3). The model loads on
-    the first call."""
+    `stride`: which frames the model sees (`sample_frames`; V2VBench: "stride", 3). `otherwise`: what a
+    video gets whose stride sampling does not give the model's 8 frames (V2VBench's code fails there,
+    so no V2VBench number exists to match): "uniform" (InternVideo's demo rule) or "error". The model
+    loads on the first call."""
 
     name = "viclip_text"
     prompts_needed = ("target_prompt",)
     higher_is_better = True
 
     def __init__(self, model: str = VICLIP_MODEL, filename: str = VICLIP_FILE, sampling: str = "stride",
-                 stride: int = 3, device: str | torch.device = "cpu", encoder: ViClipEncoder | None = None) -> None:
+                 stride: int = 3, otherwise: str = "uniform", device: str | torch.device = "cpu",
+                 encoder: ViClipEncoder | None = None) -> None:
+        if otherwise not in ("uniform", "error"):
+            raise MetricError(f"metrics.options.viclip_text.otherwise {otherwise!r}: choose uniform or error")
         if sampling not in SAMPLING:
             raise MetricError(f"metrics.options.viclip_text.sampling {sampling!r}: choose one of {', '.join(SAMPLING)}")
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
             raise MetricError(f"metrics.options.viclip_text.stride must be a positive integer, got {stride!r}")
         self.model_id, self.filename, self.sampling, self.stride = model, filename, sampling, stride
+        self.otherwise = otherwise
         self.device, self._encoder = device, encoder
         if encoder is not None:
             self._name = encoder.name
@@ -328,7 +334,8 @@ class ViClipText(Metric):
             self._name = f"{model}-viclip"
         else:
             self._name = model if os.path.exists(os.path.expanduser(model)) else f"{model}/{filename}"
-        frames = (f"frames 0, {stride}, {2 * stride}, ... (V2VBench's stride {stride})" if sampling == "stride" else
+        frames = (f"frames 0, {stride}, {2 * stride}, ... (V2VBench's stride {stride}; where that is not 8 frames: "
+                  f"{'InternVideo demo rule' if otherwise == 'uniform' else 'an error'})" if sampling == "stride" else
                   "8 frames by InternVideo's demo rule (every T//8-th frame, the first 8)")
         self.convention = (f"raw cosine in [-1, 1] of the L2-normalised ViCLIP video embedding and target-prompt "
                            f"embedding (CLIP BPE, 32 tokens); {frames}, the model takes 8 (1 frame: the mean temporal "
@@ -352,7 +359,8 @@ class ViClipText(Metric):
 
     def config(self, task: EditTask) -> dict[str, Any]:
         return {**super().config(task), "model": self._name, "sampling": self.sampling,
-                "stride": self.stride if self.sampling == "stride" else None}
+                "stride": self.stride if self.sampling == "stride" else None,
+                "otherwise": self.otherwise if self.sampling == "stride" else None}
 
     def frame_indices(self, edited: torch.Tensor, task: EditTask) -> list[int]:
         """The frames the model sees, or a MetricError naming the video and the options that fit it."""
@@ -362,13 +370,15 @@ class ViClipText(Metric):
             idx = sample_frames(total, self.sampling, self.stride, n)
         except ValueError as e:
             raise MetricError(f"{self.name}: video {task.video.id!r}: {e}") from None
+        if len(idx) not in (1, n) and self.otherwise == "uniform" and total >= n:
+            return sample_frames(total, "uniform", model_frames=n)
         if len(idx) not in (1, n):
             lo, hi = (n - 1) * self.stride + 1, n * self.stride
             raise MetricError(
                 f"{self.name}: video {task.video.id!r} has {total} frames; frames 0, {self.stride}, ... are "
                 f"{len(idx)}, and ViCLIP takes {n} (one temporal embedding each; V2VBench's code fails on other "
                 f"counts). Score videos of {lo}-{hi} frames (V2VBench's have 24), set "
-                f"metrics.options.viclip_text.stride, or sampling: uniform (InternVideo's demo rule)")
+                f"metrics.options.viclip_text.stride, or otherwise: uniform (InternVideo's demo rule)")
         return idx
 
     def __call__(self, edited: torch.Tensor, task: EditTask) -> dict[str, float]:
