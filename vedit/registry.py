@@ -131,6 +131,7 @@ LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
         "pick_score": "vedit.metrics.pick_score:PickScore",
         "aesthetic_score": "vedit.metrics.aesthetic:AestheticScore",
         "dino_consistency": "vedit.metrics.dino:DinoConsistency",
+        "dover": "vedit.metrics.dover:DoverScore",
     },
 }
 for _registry, _entries in LAZY_ENTRIES.items():
