@@ -198,6 +198,8 @@ def test_bad_checkpoints_fail_with_the_file_and_the_reason(tmp_path):
     torch.save(argparse.Namespace(weights=1), tmp_path / "code.pth")
     with pytest.raises(MetricError, match=r"code.pth.*not a plain state dict"):
         load_dover(str(tmp_path / "code.pth"))
+    with pytest.raises(MetricError, match=r"missing/DOVER.pth' does not exist.*metrics.options.dover.model"):
+        load_dover(str(tmp_path / "missing" / "DOVER.pth"))
     os.mkdir(tmp_path / "empty")
     with pytest.raises(MetricError, match=r"has no DOVER.pth"):
         load_dover(str(tmp_path / "empty"))

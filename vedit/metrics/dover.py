@@ -216,6 +216,9 @@ def dover_file(source: str) -> Path:
         if (path / DOVER_FILE).is_file():
             return path / DOVER_FILE
         raise MetricError(f"DOVER folder {source!r} has no {DOVER_FILE}")
+    if source.endswith((".pth", ".pt")) or source.startswith(("/", ".", "~")):
+        raise MetricError(f"DOVER checkpoint {source!r} does not exist; give the path of DOVER.pth (or its folder) "
+                          f"in metrics.options.dover.model, or the Hub id {DOVER_MODEL}")
     from huggingface_hub import hf_hub_download
 
     return Path(hf_hub_download(source, DOVER_FILE))
@@ -274,7 +277,7 @@ class DoverScore(Metric):
         v = self.views
         self.convention = (
             f"DOVER overall score in (0, 1), {fusion} fusion of the technical and aesthetic branch scores; technical "
-            f"view {v.technical_clips} clips x {v.technical_clip_len} frames (every {v.technical_interval}th) of "
+            f"view {v.technical_clips} clips x {v.technical_clip_len} frames (frame step {v.technical_interval}) of "
             f"{v.fragments[0]}x{v.fragments[1]} fragments of {v.fragment_size[0]} px, aesthetic view "
             f"{v.aesthetic_t_frag} frames resized to {v.aesthetic_size[0]}x{v.aesthetic_size[1]}"
             f"{' (antialiased)' if antialias else ''}; fragment offsets from seed {seed}; {self._name}")
