@@ -22,6 +22,9 @@ V2VBench draws the fragment offsets (and, for long videos, the clip offsets) fro
 RNGs; here they come from `seed` (a torch Generator for the fragments, a NumPy RandomState for the clips,
 drawn in V2VBench's order), so a score is reproducible and equals V2VBench's run after
 `torch.manual_seed(seed); np.random.seed(seed)`.
+
+This is vedit's own code, written from the paper and the released layout (VQAssessment/DOVER is under
+the S-Lab License 1.0, non-commercial, since its commit f1ddc96); no weights ship with vedit.
 """
 
 from __future__ import annotations
