@@ -58,7 +58,7 @@ FUSIONS = {
 
 @dataclass(frozen=True)
 class DoverViews:
-    """The sampling of DOVER's config (`data.technical` / `data.aesthetic` of V2VBench's third_party/dover/config.yaml)."""
+    """DOVER's sampling: `data.technical`, `data.aesthetic` of V2VBench's third_party/dover/config.yaml."""
 
     fragments: tuple[int, int] = (7, 7)
     fragment_size: tuple[int, int] = (32, 32)
@@ -227,7 +227,8 @@ def dover_file(source: str) -> Path:
     return Path(hf_hub_download(source, DOVER_FILE))
 
 
-def load_dover(source: str = DOVER_MODEL, device: str | torch.device = "cpu", arch: DoverArch = DOVER_ARCH) -> DoverModel:
+def load_dover(source: str = DOVER_MODEL, device: str | torch.device = "cpu",
+               arch: DoverArch = DOVER_ARCH) -> DoverModel:
     """DOVER's released weights (a plain state dict, read with weights_only=True) in a DoverModel."""
     file = load_or_explain("DOVER", source, "dover.model", lambda: dover_file(source))
     try:
@@ -312,7 +313,7 @@ class DoverScore(Metric):
         if h < fh or w < fw:
             raise MetricError(f"dover: frames of video {task.video.id!r} are {h}x{w}; DOVER's fragments need at "
                               f"least {fh}x{fw} px")
-        views = dover_views(to_uint8(edited), self.views, self.seed, self.antialias)
+        views = dover_views(to_uint8(edited).cpu(), self.views, self.seed, self.antialias)  # on CPU, as V2VBench
         net = self.network
         dtype = next(net.parameters()).dtype
         t, a = net(views["technical"].to(self.device, dtype), views["aesthetic"].to(self.device, dtype))
