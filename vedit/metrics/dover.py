@@ -118,15 +118,16 @@ def fragment_offsets(height: int, width: int, fragments: tuple[int, int], size: 
 
 def spatial_fragments(video: torch.Tensor, fragments: tuple[int, int], size: tuple[int, int], aligned: int,
                       generator: torch.Generator) -> torch.Tensor:
-    """(C, T, H, W) float 0-255 -> (C, T, fragments * size) of spliced fragments; one offset per fragment
-    per `aligned` frames."""
+    """(C, T, H, W) 0-255 (uint8 or float) -> float (C, T, fragments * size) of spliced fragments; one offset
+    per fragment per `aligned` frames."""
     c, t, h, w = video.shape
     out_h, out_w = fragments[0] * size[0], fragments[1] * size[1]
     ratio = min(h / out_h, w / out_w)
     if ratio < 1:  # upsampled; the grid below keeps the original (h, w), as DOVER computes it
-        video = F.interpolate(video / 255.0, scale_factor=1 / ratio, mode="bilinear") * 255.0
+        video = F.interpolate(video.float() / 255.0, scale_factor=1 / ratio, mode="bilinear") * 255.0
     if t % aligned:
         raise ValueError(f"{t} frames are not a multiple of the clip length {aligned}")
+    video = video.contiguous()  # the many small crops below copy ~8x faster from contiguous memory
     rows = [min(h // fragments[0] * i, h - size[0]) for i in range(fragments[0])]
     cols = [min(w // fragments[1] * j, w - size[1]) for j in range(fragments[1])]
     off_h, off_w = fragment_offsets(h, w, fragments, size, t // aligned, generator)
@@ -137,7 +138,7 @@ def spatial_fragments(video: torch.Tensor, fragments: tuple[int, int], size: tup
                 y, x = r + int(off_h[i, j, s]), q + int(off_w[i, j, s])
                 out[:, s * aligned:(s + 1) * aligned, i * size[0]:(i + 1) * size[0], j * size[1]:(j + 1) * size[1]] = \
                     video[:, s * aligned:(s + 1) * aligned, y:y + size[0], x:x + size[1]]
-    return out
+    return out.float()  # uint8 frames are spliced before the (exact) conversion: 1/10 of the copying
 
 
 def resized_view(video: torch.Tensor, size: tuple[int, int], antialias: bool = False) -> torch.Tensor:
@@ -163,11 +164,11 @@ def dover_views(frames: torch.Tensor, views: DoverViews = DOVER_VIEWS, seed: int
     generator = torch.Generator().manual_seed(seed)
 
     def video(idx: np.ndarray) -> torch.Tensor:
-        return frames[torch.from_numpy(idx.astype(np.int64))].float().permute(1, 0, 2, 3)  # C, T, H, W
+        return frames[torch.from_numpy(idx.astype(np.int64))].permute(1, 0, 2, 3)  # C, T, H, W
 
     technical = spatial_fragments(video(t_idx), views.fragments, views.fragment_size, views.technical_clip_len,
                                   generator)
-    aesthetic = resized_view(video(a_idx), views.aesthetic_size, antialias)
+    aesthetic = resized_view(video(a_idx).float(), views.aesthetic_size, antialias)
     return {"technical": normalise(technical, views.technical_clips), "aesthetic": normalise(aesthetic, 1)}
 
 
