@@ -45,7 +45,7 @@ from vedit.registry import METRICS
 from vedit.task import EditTask
 from vedit.video import to_uint8
 
-DOVER_MODEL = "teowu/DOVER"  # the Hub repo V2VBench's doc/install.sh clones; GitHub release v0.1.0 has the same file
+DOVER_MODEL = "teowu/DOVER"  # the Hub repo V2VBench's doc/install.sh clones (DOVER README: its weights, Nov 2023)
 DOVER_FILE = "DOVER.pth"
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
