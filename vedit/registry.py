@@ -132,6 +132,7 @@ LAZY_ENTRIES: dict[Registry, dict[str, str]] = {
         "aesthetic_score": "vedit.metrics.aesthetic:AestheticScore",
         "dino_consistency": "vedit.metrics.dino:DinoConsistency",
         "viclip_text": "vedit.metrics.viclip:ViClipText",
+        "dover": "vedit.metrics.dover:DoverScore",
     },
 }
 for _registry, _entries in LAZY_ENTRIES.items():

@@ -5,8 +5,8 @@
     python benchmarks/perf/bench_metrics.py --device cpu --set v2vbench --frames 6 --size 64 --tiny --out /tmp/m.json   # smoke test
 
 Weights do not change compute: CLIP ViT-L/14 (QuickGELU, as load_clip builds it), PickScore's CLIP
-ViT-H/14, DINOv2-base, the aesthetic head and ViCLIP-L/14 (on 8 of the frames, as V2VBench) are built
-with random weights at their real sizes;
+ViT-H/14, DINOv2-base, the aesthetic head, ViCLIP-L/14 (on 8 of the frames, as V2VBench) and DOVER
+(`dover`, model "random") are built with random weights at their real sizes;
 RAFT uses the torch hub weights when cached, else random weights. Two passes over the set: `cold`
 (the source video's flow is estimated, as for the first edit of a video) and `warm` (the source flow
 is in the cache, as for every later edit of that video; a new edited tensor, so CLIP encodes again).
@@ -54,7 +54,8 @@ def build_models(tiny: bool, clip_cfg: dict, device: torch.device) -> dict:
     if tiny:
         clip = tiny_clip(device=device, **prep)
         return {"clip": clip, "pick": tiny_pickscore(device=device), "dino": tiny_dino(device=device),
-                "head": aesthetic_head(clip.model.text_projection.shape[1]), "viclip": tiny_viclip(device=device)}
+                "head": aesthetic_head(clip.model.text_projection.shape[1]), "viclip": tiny_viclip(device=device),
+                "dover": "tiny", "device": device}
     clip = load_clip("ViT-L-14", "openai", device=device, load_weights=False, **prep)
     h14 = CLIPConfig(  # laion/CLIP-ViT-H-14-laion2B-s32B-b79K's architecture, as PickScore_v1 fine-tunes it
         text_config={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
@@ -70,7 +71,7 @@ def build_models(tiny: bool, clip_cfg: dict, device: torch.device) -> dict:
                        ImagePreprocess(256, (224, 224), IMAGENET_MEAN, IMAGENET_STD), name="random dinov2-base",
                        device=device)
     return {"clip": clip, "pick": pick, "dino": dino, "head": aesthetic_head(768),
-            "viclip": random_viclip(device=device)}
+            "viclip": random_viclip(device=device), "dover": "random", "device": device}
 
 
 def instantiate(name: str, options: dict, models: dict, estimators, frames: int = 24):
@@ -93,6 +94,8 @@ def instantiate(name: str, options: dict, models: dict, estimators, frames: int 
         kwargs["head"] = models["head"]
     if name == "viclip_text":
         kwargs["encoder"] = models["viclip"]
+    if name == "dover":  # DOVER's full network with random weights (or the tiny one), on the bench device
+        kwargs.update(model=models["dover"], device=models["device"])
     return cls(**kwargs)
 
 
