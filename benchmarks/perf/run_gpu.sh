@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the GPU performance benchmarks in one go on a device machine; logs and JSON go to $OUT (or ./perf_out).
-# Usage: bash benchmarks/perf/run_gpu.sh [pix2video rerender propagation vidmp3 cli cli_scaling cli_vidmp3 fatezero cli_fatezero cli_rave metrics cli_rerender cli_tokenflow_prompts cli_compile]
+# Usage: bash benchmarks/perf/run_gpu.sh [pix2video rerender propagation vidmp3 cli cli_scaling cli_vidmp3 fatezero cli_fatezero cli_rave metrics metrics_v2vbench cli_rerender cli_tokenflow_prompts cli_compile]
 # The cli* entries run `python -m vedit.run` in fresh processes (bench_cli.py) on SOURCE, a folder of
 # frames (default: DAVIS blackswan from davis-mini beside the checkout).
 set -u
@@ -24,6 +24,7 @@ for b in "${@:-pix2video rerender propagation vidmp3}"; do
       fatezero)    cmd="benchmarks/perf/bench_fatezero.py --backbone random --device cuda --dtype $DT --frames 50 --size 512 --steps 50 --peer --peer-frames 8 ${FZ_ARGS:-}"; limit=${BENCH_TIMEOUT:-590} ;;
       cli_fatezero) cmd="$CLI --methods fatezero --frames 50"; limit=${BENCH_TIMEOUT:-590} ;;
       metrics)     cmd="benchmarks/perf/bench_metrics.py --device cuda --set ${METRICS_SET:-default} --frames 50 --size 512" ;;
+      metrics_v2vbench) cmd="benchmarks/perf/bench_metrics.py --device cuda --set v2vbench --frames 50 --size 512" ;;
       cli_rerender) R=method.params; P=$R.propagation
                    cmd="$CLI --methods rerender --frames 16 50 --videos 1 --variant released --variant before27 $R.occlusion=estimator $R.pixel_fusion.fidelity_mask=any_pixel $R.pixel_fusion.reference_noise=per_key $P.edge_guide=luminance $P.guide_warp=bilinear $P.temporal_mask=true $P.pos_guide=xy $P.poisson=false"; limit=${BENCH_TIMEOUT:-590} ;;
       cli_tokenflow_prompts) cmd="$CLI --methods tokenflow --frames 50 --videos 1 --prompts 2"; limit=${BENCH_TIMEOUT:-590} ;;
