@@ -37,3 +37,17 @@ def execute_leaderboard_notebook(store_dir: Path, monkeypatch) -> list:
     nb = nbformat.read(REPO / "notebooks" / "leaderboard.ipynb", as_version=4)
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+
+
+def smooth_frames(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, h, w) uint8 frames of smooth random colour (bilinear upsampling of a coarse grid)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, h // 8 + 2, w // 8 + 2, generator=g)
+    return (torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear") * 255).round().to(torch.uint8)
+
+
+def pil(frame: torch.Tensor):
+    """A (3, H, W) uint8 frame as a PIL image."""
+    from PIL import Image
+
+    return Image.fromarray(frame.permute(1, 2, 0).numpy())

@@ -8,8 +8,8 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from conftest import pil, smooth_frames
 from vedit.metrics import MetricError
 from vedit.metrics.clip_models import tiny_clip
 from vedit.metrics.preprocess import ImagePreprocess, resized_size
@@ -22,16 +22,6 @@ CLIPProcessorPil = getattr(transformers, "CLIPImageProcessorPil", transformers.C
 BitProcessorPil = getattr(transformers, "BitImageProcessorPil", transformers.BitImageProcessor)
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 SIZES = [(480, 854), (224, 227), (231, 224), (64, 64), (100, 257)]  # non-square, odd crop offsets, square
-
-
-def smooth_frames(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, h // 8 + 2, w // 8 + 2, generator=g)
-    return (F.interpolate(coarse, size=(h, w), mode="bilinear") * 255).round().to(torch.uint8)
-
-
-def pil(frame):
-    return Image.fromarray(frame.permute(1, 2, 0).numpy())
 
 
 def task_of(frames, target="a golden square", source="a red square"):

@@ -8,10 +8,9 @@ import os
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
-from PIL import Image
 
+from conftest import pil, smooth_frames
 from vedit.metrics import MetricError
 from vedit.metrics.viclip import (
     TINY_VICLIP,
@@ -29,16 +28,6 @@ from vedit.video import Video
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def smooth_frames(n, h, w, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, h // 8 + 2, w // 8 + 2, generator=g)
-    return (F.interpolate(coarse, size=(h, w), mode="bilinear") * 255).round().to(torch.uint8)
-
-
-def pil(frame):
-    return Image.fromarray(frame.permute(1, 2, 0).numpy())
 
 
 def task_of(frames, target="a golden fox runs in the snow"):
